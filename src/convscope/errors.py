@@ -48,6 +48,10 @@ class DatasetError(ConvscopeError):
     """A dataset that cannot be read as a whole (a single bad file is skipped, not raised)."""
 
 
+class InputShapeError(ConvscopeError, ValueError):
+    """An input tensor of the wrong shape or channel count for the model."""
+
+
 class TargetError(ConvscopeError, ValueError):
     """An attribution or visualization target that does not exist for this model."""
 
