@@ -1,0 +1,92 @@
+"""The demo: the main job of the README's first command. It runs convscope's capabilities on the built-in model,
+ImageNet MobileNetV2 and sample photos, and writes every picture with its recipe into one folder (the README's
+gallery is made this way).
+
+Each step is a small function `step(ctx) -> list[(file name, caption)]`; a step that cannot run on this machine
+(e.g. missing offline weights) is reported and skipped, and the demo exits non-zero only if a step fails.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["run_demo", "STEPS"]
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    device: str | None = None
+    quick: bool = False
+    cache: dict = field(default_factory=dict)
+
+    def model(self, name: str):
+        from .models import load
+
+        if name not in self.cache:
+            self.cache[name] = load(name, device=self.device)
+        return self.cache[name]
+
+    def photo(self, name: str = "chelsea"):
+        """A sample photo from scikit-image (H, W, 3) uint8 -> path of a PNG copy in the output folder."""
+        path = self.out / "inputs" / f"{name}.png"
+        if not path.exists():
+            from PIL import Image
+            from skimage import data
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(getattr(data, name)()).save(path)
+        return path
+
+
+class Skip(Exception):
+    """A step that cannot run here (say why)."""
+
+
+Step = Callable[[DemoContext], list[tuple[str, str]]]
+STEPS: list[tuple[str, Step]] = []
+
+
+def step(title: str):
+    def register(fn: Step) -> Step:
+        STEPS.append((title, fn))
+        return fn
+
+    return register
+
+
+def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
+             only: list[str] | None = None) -> int:
+    """Run every demo step (or those whose title contains one of `only`); write pictures and `gallery.md` to `out`."""
+    from . import _demo_steps  # noqa: F401  (registers the steps)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(out=out, device=device, quick=quick)
+    lines = ["# convscope gallery", "", "Made by `make demo` (`convscope demo -o docs/gallery`).", ""]
+    failed = 0
+    for title, fn in STEPS:
+        if only and not any(o.lower() in title.lower() for o in only):
+            continue
+        start = time.perf_counter()
+        print(f"demo: {title} ...", flush=True)
+        try:
+            produced = fn(ctx)
+        except Skip as reason:
+            print(f"demo: {title}: skipped ({reason})", flush=True)
+            continue
+        except Exception:  # noqa: BLE001 - the demo reports every failing step and goes on
+            failed += 1
+            print(f"demo: {title}: FAILED\n{traceback.format_exc()}", flush=True)
+            continue
+        print(f"demo: {title}: done in {time.perf_counter() - start:.1f}s", flush=True)
+        lines += [f"## {title}", ""]
+        for name, caption in produced:
+            lines += [f"![{caption}]({name})", "", caption, ""]
+    (out / "gallery.md").write_text("\n".join(lines))
+    print(f"demo: wrote {out / 'gallery.md'}" + (f"; {failed} step(s) failed" if failed else ""))
+    return 1 if failed else 0
