@@ -60,6 +60,10 @@ class NonFiniteError(ConvscopeError, FloatingPointError):
     """NaN or infinity where a finite tensor was needed."""
 
 
+class OptionError(ConvscopeError, ValueError):
+    """An option outside its valid range (a negative eps, zero steps, an unknown method name, ...)."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The up-to-`n` candidates most similar to `name` (difflib ratio), best first."""
     candidates = list(candidates)
