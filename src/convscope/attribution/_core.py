@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +28,8 @@ from ..layers import Unit, check_unit, parse_unit
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
 
-__all__ = ["Attribution", "Target", "ResolvedTarget", "resolve_target", "as_spec", "check_inputs"]
+__all__ = ["Attribution", "Target", "ResolvedTarget", "resolve_target", "as_spec", "check_inputs", "forward_scores",
+           "forward_target", "select_target", "target_param", "unit_score", "make_attribution", "abs_max", "clean_pass"]
 
 Target = int | str | Unit | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -64,6 +67,7 @@ class ResolvedTarget:
     classes: torch.Tensor | None = None
     layer: str | None = None
     unit: Unit | None = None
+    predicted: bool = False  # resolve_target(None, predict=False): argmax taken from the explained forward itself
 
 
 def _class_target(spec: ModelSpec, classes: torch.Tensor, description: str) -> ResolvedTarget:
@@ -91,9 +95,25 @@ def unit_score(activation: torch.Tensor, unit: Unit) -> torch.Tensor:
     return channel.flatten(1).mean(1) if channel.ndim > 1 else channel
 
 
-def resolve_target(spec: ModelSpec, target: Target, inputs: torch.Tensor) -> ResolvedTarget:
-    """Make `target` concrete for `inputs` (B, C, H, W). `None` runs one no-grad forward to find the prediction."""
+def _predicted_score(spec: ModelSpec) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def score(output: torch.Tensor, _cap: Any) -> torch.Tensor:
+        if output.ndim != 2:
+            raise TargetError(f"model {spec.name!r} output {tuple(output.shape)} has no classes; give a target")
+        return output.gather(1, output.detach().argmax(1, keepdim=True)).squeeze(1)
+
+    return score
+
+
+def resolve_target(spec: ModelSpec, target: Target, inputs: torch.Tensor, *, predict: bool = True) -> ResolvedTarget:
+    """Make `target` concrete for `inputs` (B, C, H, W).
+
+    `None` with `predict=True` runs one no-grad forward to find the prediction; with `predict=False` it returns a
+    target whose classes are the argmax of the very forward pass being explained (see `forward_target`), which
+    saves that extra pass.
+    """
     batch = inputs.shape[0]
+    if target is None and not predict:
+        return ResolvedTarget("predicted class", _predicted_score(spec), predicted=True)
     if target is None:
         with torch.inference_mode():
             output = spec.module(inputs)
@@ -141,6 +161,80 @@ def forward_scores(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget
         return target.score(None, cap)  # type: ignore[arg-type]
 
 
+def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget,
+                   layers: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """One forward pass (graph kept): (B,) target scores, (B,) classes (None unless a class target) and the live
+    outputs of `layers` (for Grad-CAM). A predicted-class target takes its argmax from this same pass."""
+    layers = tuple(layers)
+    if target.layer is None and not layers:
+        output = spec.module(inputs)
+        scores = target.score(output, None)
+        classes = output.detach().argmax(1) if target.predicted else target.classes
+        return scores, classes, {}
+    wanted = layers + ((target.layer,) if target.layer is not None else ())
+    # A unit target needs nothing past its layer (and the Grad-CAM layer): the pass may stop there.
+    with capture(spec.module, list(dict.fromkeys(wanted)), detach=False, stop=target.unit is not None) as cap:
+        output = cap.run(inputs)
+        scores = target.score(output, cap)
+        found = {name: cap[name] for name in layers}
+    classes = output.detach().argmax(1) if target.predicted else target.classes
+    return scores, classes, found
+
+
+def clean_pass(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget,
+               ) -> tuple[torch.Tensor, torch.Tensor | None, ResolvedTarget]:
+    """One no-grad forward on the inputs themselves: (B,) scores, (B,) classes or None, and the target with a
+    predicted class fixed to these classes (for methods whose gradient passes run on other points: noisy copies,
+    interpolation paths)."""
+    with torch.inference_mode():
+        scores, classes, _ = forward_target(spec, inputs, target)
+    scores = scores.clone()  # out of inference mode
+    if target.predicted:
+        classes = classes.clone()
+        target = _class_target(spec, classes, "predicted class")
+    return scores, classes, target
+
+
+def select_target(spec: ModelSpec, target: ResolvedTarget, index: torch.Tensor) -> ResolvedTarget:
+    """The same target for a batch built from inputs `index` (K,) of the original batch (class targets are
+    gathered; unit and callable targets do not depend on the batch)."""
+    if target.classes is None:
+        return target
+    return _class_target(spec, target.classes[index.to(target.classes.device)], target.description)
+
+
+def target_param(target: Target) -> Any:
+    """A JSON-able record of the target as the user gave it (for recipes)."""
+    if target is None:
+        return "predicted"
+    if isinstance(target, (int, str)):
+        return target
+    if isinstance(target, Unit):
+        return str(target)
+    if isinstance(target, torch.Tensor):
+        return target.flatten().tolist()
+    if callable(target):
+        return f"callable {getattr(target, '__name__', type(target).__name__)}"
+    return list(target)
+
+
+def abs_max(attributions: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W): the largest |value| over channels (Simonyan et al.'s saliency map)."""
+    return attributions.abs().amax(1)
+
+
+def make_attribution(spec: ModelSpec, method: str, *, attributions: torch.Tensor, map: torch.Tensor,
+                     inputs: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None, target: Target,
+                     params: dict[str, Any], extras: dict[str, torch.Tensor] | None = None) -> "Attribution":
+    """Build the result (everything detached) with its recipe: model, method, target as given, options."""
+    recipe = Recipe(kind=method, model=spec.describe(),
+                    params={"method": method, "target": target_param(target), **params})
+    return Attribution(attributions=attributions.detach(), map=map.detach(), inputs=inputs.detach(),
+                       scores=scores.detach(), classes=None if classes is None else classes.detach(),
+                       method=method, recipe=recipe,
+                       extras={k: v.detach() for k, v in (extras or {}).items()}, spec=spec)
+
+
 @dataclass(frozen=True)
 class Attribution(ResultMixin):
     """The result of every attribution method.
@@ -174,3 +268,21 @@ class Attribution(ResultMixin):
         from ..render.overlay import attribution_image
 
         return attribution_image(self, index, overlay=overlay, **kwargs)
+
+    def save_npz(self, path: str | Path) -> Path:
+        """Write the tensors (`attributions`, `map`, `inputs`, `scores`, `classes`, `extras_*`) and the recipe
+        (JSON string under `recipe`) to a compressed `.npz`; read back with `numpy.load`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **self.arrays(), recipe=np.array(self.recipe.to_json()))
+        return path
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The result's tensors as numpy arrays keyed `prefix + name` (what `save_npz` writes)."""
+        out = {f"{prefix}{name}": getattr(self, name).detach().cpu().numpy()
+               for name in ("attributions", "map", "inputs", "scores")}
+        if self.classes is not None:
+            out[f"{prefix}classes"] = self.classes.detach().cpu().numpy()
+        for key, value in self.extras.items():
+            out[f"{prefix}extras_{key}"] = value.detach().cpu().numpy()
+        return out
