@@ -7,8 +7,9 @@ Starting from seeded noise, gradient descent looks for pixels `x` whose code `ph
 
 - The data term is normalized by the code's energy, as in the paper, so one `tv` weight works across layers.
 - `TV_beta` is the total variation with exponent `beta` (2 by default: beta < 1 gives spikes, beta ~ 2 smooth
-  images), averaged over pixels; `V = 0.1` is the typical RMS pixel step of a natural photo in [0, 1] units, so a
-  photo scores about 1 and `tv` weighs the prior against a relative code error of 100 %.
+  images; `regularizers.TotalVariation`), averaged over channels and pixels; `V = 0.05` is the typical RMS step
+  between neighbouring pixels of a natural photo in [0, 1] units, so a photo scores about 1 and `tv` weighs the
+  prior against a relative code error of 100 %.
 - The paper's alpha-norm bound on the image becomes a hard box: pixels stay in [0, 1] (projected after each step);
   `R_alpha` = mean |2x - 1|^alpha (alpha = 6) additionally keeps them off the box edges when `alpha_weight > 0`.
 - `jitter` rolls the image by up to that many pixels per step (seeded), which helps for deep layers.
@@ -31,12 +32,13 @@ from ..errors import BadImageError, InputShapeError, NonFiniteError, OptionError
 from ..hooks import capture, frozen
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
+from .regularizers import TotalVariation
 
 __all__ = ["Inversion", "invert", "as_pixels", "check_option"]
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
-TV_SCALE = 0.1  # V: typical RMS step between neighbouring pixels of a photo, [0, 1] units
+TV_SCALE = 0.05  # V: typical RMS step between neighbouring pixels of a photo, per channel, [0, 1] units
 
 
 def check_option(name: str, value: float, *, low: float | None = None, high: float | None = None,
@@ -79,13 +81,9 @@ def as_pixels(spec: ModelSpec, image: ImageLike) -> torch.Tensor:
 
 
 def total_variation(pixels: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """TV^beta of (B, C, H, W) pixels -> (B,): mean over positions of (sum over channels of squared right and down
-    differences) ** (beta / 2), divided by `V**beta` (`V = 0.1`) so a natural photo scores about 1."""
-    dx = pixels[..., :-1, 1:] - pixels[..., :-1, :-1]
-    dy = pixels[..., 1:, :-1] - pixels[..., :-1, :-1]
-    squared = (dx.pow(2) + dy.pow(2)).sum(1)
-    energy = squared if beta == 2 else (squared + 1e-8).pow(beta / 2)
-    return energy.flatten(1).mean(1) / TV_SCALE**beta
+    """Normalized TV^beta of (B, C, H, W) pixels -> (B,): `regularizers.TotalVariation`'s mean of
+    (dx^2 + dy^2)^(beta / 2) over channels and positions, divided by `V**beta` so a natural photo scores about 1."""
+    return TotalVariation(1.0, beta).cost(pixels, None) / TV_SCALE**beta
 
 
 def _code(cap: Any, layer: str, pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
