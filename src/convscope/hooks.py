@@ -36,6 +36,7 @@ __all__ = [
     "get_module",
     "split_call",
     "hook_count",
+    "saved_tensor_bytes",
 ]
 
 
@@ -295,3 +296,22 @@ def function_mode(mode: TorchFunctionMode) -> Iterator[TorchFunctionMode]:
     """Run the block under a `TorchFunctionMode`: it sees every torch function call, module or functional."""
     with mode:
         yield mode
+
+class SavedBytes:
+    """What `saved_tensor_bytes` counted: `bytes` autograd saved for backward inside the block."""
+
+    bytes: int = 0
+
+
+@contextmanager
+def saved_tensor_bytes() -> Iterator[SavedBytes]:
+    """Count the bytes autograd saves for backward in the block (an activation-memory estimate; a tensor saved by
+    several ops counts each time). Tensors are stored unchanged; the autograd hook is removed on exit."""
+    counter = SavedBytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        counter.bytes += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield counter
