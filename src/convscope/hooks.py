@@ -9,6 +9,7 @@ change survives a call, whether it succeeds, gets a bad target, or the model rai
   network once every requested layer has run.
 - `swap_modules(model, {path: module})`: temporarily replace submodules.
 - `function_mode(mode)`: run code under a `TorchFunctionMode` (how guided/deconv ReLU rules reach functional ReLUs).
+- `record_calls(model)`: log every module call of a forward pass with its output shape (layer listings).
 
 This module imports nothing of convscope but `errors`, so everything may build on it.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "get_module",
     "split_call",
     "hook_count",
+    "record_calls",
     "saved_tensor_bytes",
 ]
 
@@ -296,6 +298,33 @@ def function_mode(mode: TorchFunctionMode) -> Iterator[TorchFunctionMode]:
     """Run the block under a `TorchFunctionMode`: it sees every torch function call, module or functional."""
     with mode:
         yield mode
+
+
+@contextmanager
+def record_calls(model: nn.Module) -> Iterator[list[tuple[str, torch.Size | None]]]:
+    """Log every submodule call made inside the block as `(path, output shape)`, in the order calls finish
+    (a container after its children); the shape is `None` for non-tensor outputs. Nothing is kept but shapes.
+
+    The k-th entry of a path is its call `path#k`, as `capture` addresses it.
+    """
+    log: list[tuple[str, torch.Size | None]] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module, _args, output):
+            log.append((name, output.shape if isinstance(output, torch.Tensor) else None))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        yield log
+    finally:
+        for handle in handles:
+            handle.remove()
+
 
 class SavedBytes:
     """What `saved_tensor_bytes` counted: `bytes` autograd saved for backward inside the block."""

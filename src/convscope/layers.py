@@ -17,7 +17,7 @@ from torch import nn
 from .errors import UnitOutOfRangeError, UnitSyntaxError
 from .hooks import get_module, split_call
 
-__all__ = ["Unit", "parse_unit", "resolve_layer", "check_unit", "layer_names"]
+__all__ = ["Unit", "parse_unit", "resolve_layer", "check_unit", "layer_names", "LayerInfo", "list_layers"]
 
 _UNIT = re.compile(r"^(?P<layer>[^:@\s]*?)(?::(?P<ch>-?\d+))?(?:@(?P<row>-?\d+),(?P<col>-?\d+))?$")
 
@@ -101,3 +101,6 @@ def check_unit(unit: Unit, shape: torch.Size | tuple[int, ...]) -> None:
         raise UnitOutOfRangeError(
             f"unit {unit}: position ({unit.row}, {unit.col}) is out of range; rows 0..{height - 1}, cols 0..{width - 1}"
         )
+
+
+from ._listing import LayerInfo, list_layers  # noqa: E402  (listing needs hooks and receptive fields, not the reverse)

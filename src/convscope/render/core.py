@@ -103,15 +103,16 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top", "bottom"] = "bottom") -> Image.Image:
-    """Add a line of text in a white band above or below the image."""
+def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top", "bottom"] = "bottom",
+          fill: str = "black") -> Image.Image:
+    """Add a line of text (colour `fill`) in a white band above or below the image."""
     font = _font(size)
     band = size + 6
     out = Image.new("RGB", (image.width, image.height + band), "white")
     out.paste(image.convert("RGB"), (0, band if where == "top" else 0))
     draw = ImageDraw.Draw(out)
     y = 2 if where == "top" else image.height + 2
-    draw.text((3, y), text, fill="black", font=font)
+    draw.text((3, y), text, fill=fill, font=font)
     return out
 
 
