@@ -1,0 +1,160 @@
+"""Backward rules for rectifiers: how DeconvNet and guided backpropagation change the gradient of a ReLU.
+
+A rule is a tiny class with one job: given the gradient arriving at a rectifier's output and the rectifier's forward
+mask (where it passed its input through), return the gradient sent to its input.
+
+- `Gradient`: the true gradient, `g * mask`.
+- `Deconv` (Zeiler & Fergus 2014): `max(g, 0)`, ignoring the forward mask.
+- `Guided` (Springenberg et al. 2015): `max(g, 0) * mask`, both masks.
+
+`RectifierRules` is a `TorchFunctionMode` that swaps every rectifier call made during the forward pass for a custom
+autograd Function applying the current rule. Because `nn.ReLU` modules, `F.relu`, `torch.relu`, `torch.relu_`,
+`Tensor.relu(_)` and `F.relu(..., inplace=True)` all go through these functions, functional ReLUs are covered
+like modules, and a module used several times per forward pass is handled at every call.
+
+Which functions count as rectifiers (`rectifiers=`):
+- "relu": ReLU only, the literature's definition.
+- "all" (default): also the clipped ReLUs, `ReLU6` / `F.relu6` / `Hardtanh(0, m)`, whose forward mask is the open
+  interval `0 < x < m`. MobileNet-style networks use only ReLU6; with "relu" their guided map is the plain
+  gradient. Other nonlinearities (GELU, SiLU, leaky ReLU, `clamp`) are never changed.
+
+The rule is read when the backward pass runs (`mode.rule = ...`), so one forward pass can serve a true-gradient
+backward (Grad-CAM) and a guided backward (Guided Grad-CAM).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..errors import TargetError
+
+__all__ = ["Gradient", "Deconv", "Guided", "RULES", "RectifierRules", "Rectifiers"]
+
+Rectifiers = Literal["relu", "all"]
+
+
+class Gradient:
+    """The true gradient of the rectifier."""
+
+    @staticmethod
+    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, grad, 0.0)
+
+
+class Deconv:
+    """DeconvNet: pass positive gradients, whatever the forward pass did."""
+
+    @staticmethod
+    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return grad.clamp_min(0.0)
+
+
+class Guided:
+    """Guided backpropagation: positive gradients, and only where the forward pass was active."""
+
+    @staticmethod
+    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask & (grad > 0), grad, 0.0)
+
+
+RULES: dict[str, type] = {"gradient": Gradient, "deconvnet": Deconv, "guided": Guided}
+
+
+class _Rectify(torch.autograd.Function):
+    """`func(x)` in forward (in place when asked); the owning mode's current rule in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mode: "RectifierRules", low: float, high: float | None,
+                inplace: bool) -> torch.Tensor:
+        mask = x > low if high is None else (x > low) & (x < high)
+        ctx.mode = mode
+        ctx.save_for_backward(mask)  # a fresh tensor: later in-place ops on x cannot invalidate it
+        if high is None:
+            out = torch.relu_(x) if inplace else torch.relu(x)
+        else:
+            out = F.hardtanh(x, low, high, inplace=inplace)
+        if inplace:
+            ctx.mark_dirty(x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return RULES[ctx.mode.rule].backward(grad, mask), None, None, None, None
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+class RectifierRules(TorchFunctionMode):
+    """Replace rectifier calls by `_Rectify` with rule `rule` ("gradient", "deconvnet", "guided").
+
+    `calls` counts the rectifier calls seen per kind ("relu", "clipped", and "clipped (left)" for clipped ReLUs
+    left unchanged under `rectifiers="relu"`).
+    """
+
+    def __init__(self, rule: str, rectifiers: Rectifiers = "all") -> None:
+        super().__init__()
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
+        if rectifiers not in ("relu", "all"):
+            raise ValueError(f"rectifiers must be 'relu' or 'all', got {rectifiers!r}")
+        self.rule = rule
+        self.rectifiers = rectifiers
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        found = self._match(func, args, kwargs)
+        if found is None:
+            return func(*args, **kwargs)
+        x, low, high, inplace = found
+        kind = "relu" if high is None else "clipped"
+        if kind == "clipped" and self.rectifiers == "relu":
+            self.calls["clipped (left)"] += 1
+            return func(*args, **kwargs)
+        self.calls[kind] += 1
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return func(*args, **kwargs)
+        return _Rectify.apply(x, self, low, high, inplace)
+
+    @staticmethod
+    def _match(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float | None, bool] | None:
+        """(input, low, high, inplace) when `func` is a rectifier call, else None."""
+        if func in _RELU:
+            inplace = _RELU[func] if func is not F.relu else bool(_arg(args, kwargs, 1, "inplace", False))
+            return _arg(args, kwargs, 0, "input", None), 0.0, None, inplace
+        if func is F.relu6:
+            return _arg(args, kwargs, 0, "input", None), 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+        if func is F.hardtanh:
+            low = float(_arg(args, kwargs, 1, "min_val", -1.0))
+            high = float(_arg(args, kwargs, 2, "max_val", 1.0))
+            if low == 0.0 and high > 0.0:  # Hardtanh(0, m) is a clipped ReLU; Hardtanh(-1, 1) is not a rectifier
+                return _arg(args, kwargs, 0, "input", None), low, high, bool(_arg(args, kwargs, 3, "inplace", False))
+        return None
+
+    def check_used(self, method: str) -> None:
+        """Refuse a result that would silently be the plain gradient: no rectifier was changed."""
+        if self.calls["relu"] or self.calls["clipped"]:
+            return
+        hint = (" The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to them."
+                if self.calls["clipped (left)"] else
+                " (TorchScript models hide their ReLUs; load the Python model instead.)")
+        raise TargetError(f"{method}: the forward pass called no ReLU, so the rule changes nothing and the map would be "
+                          f"the plain gradient.{hint}")
+
+
+# Functions that are a ReLU, with whether they work in place (F.relu reads its `inplace` argument).
+_RELU: dict[Any, bool] = {
+    F.relu: False,
+    torch.relu: False,
+    torch.Tensor.relu: False,
+    torch.relu_: True,
+    torch.Tensor.relu_: True,
+}
