@@ -19,6 +19,7 @@ The network runs only up to `layer` (`hooks.capture(..., stop=True)`) under `hoo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ def invert(
     lr: float = 0.05,
     jitter: int = 0,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Inversion:
     """Reconstruct an image from its code at `layer`, from seeded noise, under a TV^beta prior.
 
@@ -149,6 +151,7 @@ def invert(
         alpha, alpha_weight: the alpha-norm penalty mean |2x - 1|^alpha and its weight (0: box constraint only).
         jitter: roll the image by up to this many pixels each step (0: none).
         seed: seeds the random start and the jitter (a local `torch.Generator`; no global state is touched).
+        progress: called with (steps done, steps) after each step.
 
     Returns an `Inversion`; `code_error` is the relative code error reached.
     """
@@ -177,7 +180,7 @@ def invert(
                 raise NonFiniteError(f"the code of the image at {layer!r} is all zeros (or not finite): "
                                      "nothing to invert; pick another layer or image")
             initial = float((_code(cap, layer, x, spec) - target).norm() / energy.sqrt())
-        for _ in range(steps):
+        for step in range(steps):
             moved = x
             if jitter:
                 dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
@@ -196,7 +199,9 @@ def invert(
             with torch.no_grad():
                 x.clamp_(0, 1)
             losses.append(float(loss.detach()))
-            errors.append(float(data.sqrt()))
+            errors.append(float(data.detach().sqrt()))
+            if progress is not None:
+                progress(step + 1, steps)
         with torch.no_grad():
             final = float((_code(cap, layer, x, spec) - target).norm() / energy.sqrt())
     recipe = Recipe(

@@ -1,0 +1,328 @@
+"""Invariances: at a unit's optimum, which image changes leave its activation alone, and which ruin it?
+
+The second-order picture: near the optimum x*, a(x* + v) ~ a(x*) + g.v + v'Hv / 2. The leading eigenvectors of the
+Hessian H of the activation w.r.t. the input pixels are the directions of steepest curvature; eigenvectors with
+eigenvalues near zero are the flattest directions, the unit's (local) invariances. H is never formed: Lanczos with
+full reorthogonalization runs on Hessian-vector products (double backprop), one backward pass each.
+
+Two honest caveats, both recorded in the result's recipe:
+
+- A ReLU network is piecewise linear in its input, so its Hessian is zero almost everywhere. The curvature is that
+  of a smooth surrogate: every ReLU (module or functional, incl. ReLU6/hardtanh and leaky ReLU) is replaced by
+  softplus with sharpness `beta` (`SmoothReLU`, run through `hooks.function_mode`); max-pooling stays (locally
+  linear). The activations shown under the pictures are those of the real network.
+- The optimum of a rendered image is not a stationary point (regularizers, box constraint): the gradient is not
+  zero, and moving along it changes the activation to first order. With `tangent=True` (default) the Hessian is
+  restricted to the directions orthogonal to the gradient (P H P with P = I - g g'/|g|^2), the tangent space of
+  the unit's level set, so "flat" means unchanged to second order.
+
+Steepest = the `k` Ritz pairs of largest |eigenvalue|, flattest = the `k` of smallest |eigenvalue| in the Krylov
+space; `residuals` says how well each pair is converged (the extreme ones converge first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import InputShapeError, OptionError, UnitSyntaxError
+from ..hooks import capture, frozen, function_mode
+from ..layers import Unit, parse_unit
+from ..models import ModelSpec, load
+from ..results import Recipe, ResultMixin
+from .inversion import check_option
+from .objectives import as_objective
+
+__all__ = ["Invariances", "invariances", "lanczos", "LanczosResult", "SmoothReLU"]
+
+
+# -- the smooth surrogate --------------------------------------------------------------------------------------------
+
+_RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class SmoothReLU(TorchFunctionMode):
+    """Replace ReLU-family calls by softplus of sharpness `beta` while active (a `TorchFunctionMode`).
+
+    relu -> softplus(x, beta); hardtanh(lo, hi) and relu6 -> lo + softplus(x - lo) - softplus(x - hi);
+    leaky_relu(s) -> s x + (1 - s) softplus(x). In-place variants return a new tensor (modules use the returned
+    value, as every torchvision model does). As beta grows the surrogate approaches the real network.
+    """
+
+    def __init__(self, beta: float = 10.0):
+        super().__init__()
+        self.beta = float(beta)
+
+    def _sp(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(x, beta=self.beta)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            return self._sp(args[0])
+        if func is F.hardtanh or func is F.relu6:
+            lo, hi = (0.0, 6.0) if func is F.relu6 else (
+                kwargs.get("min_val", args[1] if len(args) > 1 else -1.0),
+                kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
+            x = args[0]
+            return lo + self._sp(x - lo) - self._sp(x - hi)
+        if func is F.leaky_relu:
+            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+            x = args[0]
+            return slope * x + (1 - slope) * self._sp(x)
+        return func(*args, **kwargs)
+
+
+# -- Lanczos ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """Ritz pairs of a symmetric operator. `eigenvalues` (m,) ascending, `eigenvectors` (m, n) orthonormal rows,
+    `residuals` (m,) = ||A v - lambda v|| of each pair (small = converged)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iterations: int, *,
+            generator: torch.Generator | None = None) -> LanczosResult:
+    """Lanczos iteration with full reorthogonalization for a symmetric linear operator on vectors of size n.
+
+    Args:
+        matvec: v (n,) -> A v (n,), A symmetric.
+        start: (n,) the first Krylov vector (normalized here); its dtype and device are used throughout.
+        iterations: m, the Krylov dimension (at most n); m = n gives every eigenpair.
+        generator: draws a fresh orthogonal vector when the Krylov space becomes invariant (breakdown).
+
+    Returns the m Ritz pairs, eigenvalues ascending.
+    """
+    n = start.numel()
+    m = min(int(iterations), n)
+    if m < 1:
+        raise OptionError(f"iterations={iterations} must be >= 1")
+    basis = torch.zeros(m, n, dtype=start.dtype, device=start.device)
+    alphas = torch.zeros(m, dtype=torch.float64)
+    betas = torch.zeros(m, dtype=torch.float64)
+    q = start.flatten() / start.norm()
+    for j in range(m):
+        basis[j] = q
+        w = matvec(q).flatten()
+        alphas[j] = torch.dot(w, q).item()
+        # Full reorthogonalization, twice ("twice is enough"), replaces the three-term recurrence's subtraction.
+        for _ in range(2):
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta = w.norm().item()
+        betas[j] = beta
+        if j + 1 == m:
+            break
+        scale = max(abs(alphas[: j + 1]).max().item(), 1e-30)
+        if beta <= 1e-10 * scale:  # invariant subspace found: continue from a new orthogonal direction
+            betas[j] = 0.0
+            w = torch.randn(n, generator=generator, dtype=torch.float64).to(start.device, start.dtype)
+            for _ in range(2):
+                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            q = w / w.norm()
+        else:
+            q = w / beta
+    tri = torch.diag(alphas) + torch.diag(betas[: m - 1], 1) + torch.diag(betas[: m - 1], -1)
+    theta, s = torch.linalg.eigh(tri)
+    vectors = s.T.to(start.dtype).to(start.device) @ basis
+    residuals = (betas[m - 1] * s[m - 1]).abs()
+    return LanczosResult(theta.to(start.dtype), vectors, residuals.to(start.dtype))
+
+
+# -- invariances -----------------------------------------------------------------------------------------------------
+
+Role = str  # "steepest" | "flattest"
+
+
+@dataclass(frozen=True)
+class Invariances(ResultMixin):
+    """Hessian eigen-directions of a unit at its optimum, and images moved along them.
+
+    Attributes:
+        optimum: (1, C, H, W) pixels in [0, 1] where the Hessian is taken (the rendered unit, or the given start).
+        activation: the real network's activation of the unit at the optimum.
+        roles: per direction, "steepest" or "flattest" (k of each, steepest first).
+        eigenvalues: (2k,) the surrogate Hessian's eigenvalue per direction (curvature per unit pixel-norm^2).
+        eigenvectors: (2k, C, H, W) unit-norm directions in pixel space.
+        residuals: (2k,) ||H v - lambda v|| per pair (Lanczos convergence).
+        offsets: (P,) the signed RMS pixel change of each image in a strip (0 = the optimum).
+        strips: (2k, P, C, H, W) optimum + offset * sqrt(C H W) * eigenvector, clipped to [0, 1].
+        activations: (2k, P) the real network's activation of the unit for each strip image.
+        surrogate_activations: (2k, P) the same under the smooth surrogate (what the Hessian describes).
+        recipe: model, unit, k, iterations, beta, tangent, radius, seed, the render recipe, versions.
+    """
+
+    optimum: torch.Tensor
+    activation: float
+    roles: list[Role]
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    offsets: torch.Tensor
+    strips: torch.Tensor
+    activations: torch.Tensor
+    surrogate_activations: torch.Tensor
+    recipe: Recipe
+
+    def change(self) -> torch.Tensor:
+        """(2k,) the largest |activation - activation at the optimum| along each direction's strip."""
+        return (self.activations - self.activation).abs().amax(1)
+
+    def to_image(self, *, cell: int | None = None):
+        """One labelled row per direction: its role and eigenvalue, then the images with the activation under each."""
+        from ..render.core import grid, label, to_pil
+
+        size = max(self.strips.shape[-2:])
+        cell = cell or max(96, min(160, size))
+        rows = []
+        for d in range(self.strips.shape[0]):
+            texts = [f"{'*' if float(t) == 0 else ''}{float(a):.3g}" for t, a in zip(self.offsets, self.activations[d])]
+            row = grid([to_pil(img) for img in self.strips[d]], columns=self.strips.shape[1], labels=texts, cell=cell)
+            rank = self.roles[: d + 1].count(self.roles[d])
+            rows.append(label(row, f"{self.roles[d]} {rank}: eigenvalue {float(self.eigenvalues[d]):.3g}",
+                              size=12, where="top"))
+        radius = float(self.offsets.abs().max())
+        title = (f"{self.recipe.params['unit']}: activation {self.activation:.3g} at the optimum (*); "
+                 f"moves of RMS +/-{radius:.2g} per pixel")
+        return label(grid(rows, columns=1, pad=4), title, size=13, where="top")
+
+
+def _unit(unit: str | Unit) -> Unit:
+    parsed = parse_unit(unit)
+    if parsed.channel is None:
+        raise UnitSyntaxError(f"unit {str(parsed)!r} names a whole layer; give LAYER:CHANNEL or LAYER:CHANNEL@ROW,COL")
+    return parsed
+
+
+def _scores(spec: ModelSpec, objective, layer: str, pixels: torch.Tensor, *, chunk: int = 16) -> torch.Tensor:
+    """(N, C, H, W) pixels -> (N,) objective values (no gradient), in chunks, stopping at the layer."""
+    values = []
+    with torch.no_grad(), capture(spec.module, layer, stop=True) as cap:
+        for part in pixels.split(chunk):
+            cap.run(spec.normalize(part))
+            values.append(objective({layer: cap[layer]}))
+    return torch.cat(values)
+
+
+def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int) -> tuple[torch.Tensor, dict]:
+    from .render import render
+
+    vis = render(spec, str(unit), steps=steps, seed=seed)
+    return vis.images[:1].detach(), vis.recipe.params
+
+
+def invariances(
+    model: ModelSpec | nn.Module | str,
+    unit: str | Unit,
+    *,
+    k: int = 4,
+    iterations: int | None = None,
+    optimum: torch.Tensor | None = None,
+    steps: int = 256,
+    beta: float = 10.0,
+    tangent: bool = True,
+    radius: float = 0.1,
+    points: int = 5,
+    seed: int = 0,
+) -> Invariances:
+    """The `k` steepest and `k` flattest Hessian directions of `unit` at its optimum, and strips of images along them.
+
+    Args:
+        model: a `ModelSpec`, `nn.Module` or model string.
+        unit: `"LAYER:CH"` (the channel's spatial mean) or `"LAYER:CH@ROW,COL"` (one position), or a `Unit`.
+        k: directions of each kind.
+        iterations: Lanczos steps (Hessian-vector products); default max(6 k, 24).
+        optimum: (1, C, H, W) or (C, H, W) pixels in [0, 1] to take the Hessian at; `None` renders the unit first
+            (`featvis.render` with `steps` and `seed`).
+        beta: softplus sharpness of the smooth ReLU surrogate (`SmoothReLU`); larger = closer to the real network.
+        tangent: restrict the Hessian to directions orthogonal to the gradient (see the module docstring).
+        radius: RMS pixel change of the strips' end images; `points` images per strip (odd: the optimum is in it).
+        seed: seeds the render and the Lanczos start vector (local generators).
+    """
+    spec = load(model)
+    unit = _unit(unit)
+    check_option("k", k, low=1)
+    check_option("beta", beta, low=0, strict=True)
+    check_option("radius", radius, low=0)
+    check_option("points", points, low=1)
+    iterations = max(6 * k, 24) if iterations is None else iterations
+    check_option("iterations", iterations, low=2 * k)
+    objective = as_objective(str(unit))
+    render_params = None
+    with frozen(spec.module):
+        with torch.no_grad(), capture(spec.module, unit.layer, stop=True) as cap:  # checks layer and unit first
+            cap.run(spec.example_input())
+            objective.check({unit.layer: cap[unit.layer].shape})
+        if optimum is None:
+            optimum, render_params = _render_optimum(spec, unit, steps, seed)
+        optimum = optimum.detach().to(spec.device, spec.dtype)
+        optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
+        if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
+            raise InputShapeError(f"optimum must be (1, {spec.channels}, H, W) pixels, got {tuple(optimum.shape)}")
+        n = optimum.numel()
+        x = optimum.clone().requires_grad_(True)
+        with function_mode(SmoothReLU(beta)), capture(spec.module, unit.layer, detach=False, stop=True) as cap:
+            cap.run(spec.normalize(x))
+            value = objective({unit.layer: cap[unit.layer]}).sum()
+            (grad,) = torch.autograd.grad(value, x, create_graph=True)
+        g = grad.detach().flatten()
+        g_hat = g / g.norm() if tangent and g.norm() > 0 else None
+
+        def project(v: torch.Tensor) -> torch.Tensor:
+            return v if g_hat is None else v - g_hat * torch.dot(g_hat, v)
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            v = project(v)
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.view_as(x), retain_graph=True)
+            return project(hv.flatten())
+
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(n, generator=generator, dtype=torch.float64).to(spec.device, spec.dtype)
+        ritz = lanczos(hvp, project(start), iterations, generator=generator)
+        del grad, x
+        magnitude = ritz.eigenvalues.abs()
+        steep = magnitude.argsort(descending=True)[:k]
+        flat = magnitude.argsort()[:k]
+        order = torch.cat([steep, flat])
+        vectors = ritz.eigenvectors[order].view(2 * k, *optimum.shape[1:])
+        offsets = torch.linspace(-radius, radius, points, dtype=spec.dtype)
+        if points % 2:
+            offsets[points // 2] = 0.0
+        moves = offsets.to(spec.device).view(1, -1, 1, 1, 1) * (n**0.5) * vectors.unsqueeze(1)
+        strips = (optimum.unsqueeze(0) + moves).clamp(0, 1)  # (2k, P, C, H, W)
+        flat_strips = strips.flatten(0, 1)
+        real = _scores(spec, objective, unit.layer, flat_strips).view(2 * k, points)
+        with function_mode(SmoothReLU(beta)):
+            smooth = _scores(spec, objective, unit.layer, flat_strips).view(2 * k, points)
+        activation = float(_scores(spec, objective, unit.layer, optimum)[0])
+    recipe = Recipe(
+        kind="invariances",
+        model=spec.describe(),
+        params={"unit": str(unit), "k": k, "iterations": iterations, "beta": beta, "tangent": tangent,
+                "radius": radius, "points": points, "seed": seed, "steps": steps,
+                "surrogate": f"softplus(beta={beta:g}) for every ReLU/ReLU6/hardtanh/leaky ReLU (SmoothReLU)",
+                "hessian": "w.r.t. [0, 1] pixels; Lanczos, full reorthogonalization, double-backprop HVPs"
+                           + (", restricted to the gradient's orthogonal complement" if g_hat is not None else ""),
+                "gradient_norm": float(g.norm()), "render": render_params},
+    )
+    return Invariances(
+        optimum=optimum.detach().clone(),
+        activation=activation,
+        roles=["steepest"] * k + ["flattest"] * k,
+        eigenvalues=ritz.eigenvalues[order].detach().cpu(),
+        eigenvectors=vectors.detach(),
+        residuals=ritz.residuals[order].detach().cpu(),
+        offsets=offsets.cpu(),
+        strips=strips.detach(),
+        activations=real.detach().cpu(),
+        surrogate_activations=smooth.detach().cpu(),
+        recipe=recipe,
+    )
