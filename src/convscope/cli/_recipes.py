@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inv.add_argument("--steps", type=int, default=256, help="render steps for the optimum (default 256)")
     inv.add_argument("--iterations", type=int, default=None, help="Lanczos iterations (default max(6k, 24))")
     inv.add_argument("--beta", type=float, default=10.0, help="softplus sharpness of the ReLU surrogate (default 10)")
-    inv.add_argument("--radius", type=float, default=0.1, help="RMS pixel change at the strip ends (default 0.1)")
+    inv.add_argument("--radius", type=float, default=0.05, help="RMS pixel change at the strip ends (default 0.05)")
     inv.add_argument("--points", type=int, default=5, help="images per strip (default 5)")
     _output(inv, "invariances.png")
     inv.set_defaults(handler=run_invariances)

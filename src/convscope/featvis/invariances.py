@@ -11,10 +11,12 @@ Two honest caveats, both recorded in the result's recipe:
   of a smooth surrogate: every ReLU (module or functional, incl. ReLU6/hardtanh and leaky ReLU) is replaced by
   softplus with sharpness `beta` (`SmoothReLU`, run through `hooks.function_mode`); max-pooling stays (locally
   linear). The activations shown under the pictures are those of the real network.
-- The optimum of a rendered image is not a stationary point (regularizers, box constraint): the gradient is not
-  zero, and moving along it changes the activation to first order. With `tangent=True` (default) the Hessian is
-  restricted to the directions orthogonal to the gradient (P H P with P = I - g g'/|g|^2), the tangent space of
-  the unit's level set, so "flat" means unchanged to second order.
+- The optimum of a rendered image is not a stationary point: pixels pushed against 0 or 1 are held there by the
+  box constraint with the gradient pointing outwards, and elsewhere the gradient need not vanish either. As at any
+  box-constrained optimum, the analysis keeps the saturated pixels (within `margin` of 0 or 1) fixed and, with
+  `tangent=True` (default), also removes the remaining gradient direction: the Hessian is P H P with
+  P = M - g g'/|g|^2 (M masks the free pixels, g is the gradient on them), the tangent space of the unit's level
+  set, so "flat" means unchanged to second order and the strips move free pixels only.
 
 Steepest = the `k` Ritz pairs of largest |eigenvalue|, flattest = the `k` of smallest |eigenvalue| in the Krylov
 space; `residuals` says how well each pair is converged (the extreme ones converge first).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -177,18 +180,24 @@ class Invariances(ResultMixin):
         return (self.activations - self.activation).abs().amax(1)
 
     def to_image(self, *, cell: int | None = None):
-        """One labelled row per direction: its role and eigenvalue, then the images with the activation under each."""
+        """One labelled row per direction: the direction itself (signed, grey/white = 0 for RGB, blue-red for one
+        channel), then the moved images with the real activation under each (* marks the optimum)."""
         from ..render.core import grid, label, to_pil
 
         size = max(self.strips.shape[-2:])
         cell = cell or max(96, min(160, size))
         rows = []
         for d in range(self.strips.shape[0]):
-            texts = [f"{'*' if float(t) == 0 else ''}{float(a):.3g}" for t, a in zip(self.offsets, self.activations[d])]
-            row = grid([to_pil(img) for img in self.strips[d]], columns=self.strips.shape[1], labels=texts, cell=cell)
+            vector = self.eigenvectors[d]
+            arrow = to_pil(vector[0], norm="absmax", cmap="coolwarm") if vector.shape[0] == 1 else \
+                to_pil(vector, norm="absmax")
+            texts = ["direction"] + [f"{'*' if float(t) == 0 else ''}{float(a):.3g}"
+                                     for t, a in zip(self.offsets, self.activations[d])]
+            tiles = [arrow] + [to_pil(img) for img in self.strips[d]]
+            row = grid(tiles, columns=len(tiles), labels=texts, cell=cell)
             rank = self.roles[: d + 1].count(self.roles[d])
-            rows.append(label(row, f"{self.roles[d]} {rank}: eigenvalue {float(self.eigenvalues[d]):.3g}",
-                              size=12, where="top"))
+            rows.append(label(row, f"{self.roles[d]} {rank}: eigenvalue {float(self.eigenvalues[d]):.3g}, "
+                                   f"activation change {float(self.change()[d]):.3g}", size=12, where="top"))
         radius = float(self.offsets.abs().max())
         title = (f"{self.recipe.params['unit']}: activation {self.activation:.3g} at the optimum (*); "
                  f"moves of RMS +/-{radius:.2g} per pixel")
@@ -212,10 +221,13 @@ def _scores(spec: ModelSpec, objective, layer: str, pixels: torch.Tensor, *, chu
     return torch.cat(values)
 
 
-def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int) -> tuple[torch.Tensor, dict]:
+def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int, options: dict[str, Any]
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
     from .render import render
 
-    vis = render(spec, str(unit), steps=steps, seed=seed)
+    # No random transforms by default: the Hessian is taken at an optimum of the plain objective, not of its
+    # average over jitter/scale/rotation (which, on small inputs, can sit far from any optimum of the plain one).
+    vis = render(spec, str(unit), steps=steps, seed=seed, **{"transforms": None, **options})
     return vis.images[:1].detach(), vis.recipe.params
 
 
@@ -229,9 +241,11 @@ def invariances(
     steps: int = 256,
     beta: float = 10.0,
     tangent: bool = True,
-    radius: float = 0.1,
+    radius: float = 0.05,
     points: int = 5,
+    margin: float = 0.02,
     seed: int = 0,
+    render_options: dict[str, Any] | None = None,
 ) -> Invariances:
     """The `k` steepest and `k` flattest Hessian directions of `unit` at its optimum, and strips of images along them.
 
@@ -245,7 +259,10 @@ def invariances(
         beta: softplus sharpness of the smooth ReLU surrogate (`SmoothReLU`); larger = closer to the real network.
         tangent: restrict the Hessian to directions orthogonal to the gradient (see the module docstring).
         radius: RMS pixel change of the strips' end images; `points` images per strip (odd: the optimum is in it).
+        margin: pixels within `margin` of 0 or 1 are held fixed (see the module docstring); 0 frees every pixel.
         seed: seeds the render and the Lanczos start vector (local generators).
+        render_options: more `featvis.render` options for the optimum (default: Fourier parameterization and no
+            random transforms, `transforms=None`, so the optimum is one of the plain objective).
     """
     spec = load(model)
     unit = _unit(unit)
@@ -253,6 +270,7 @@ def invariances(
     check_option("beta", beta, low=0, strict=True)
     check_option("radius", radius, low=0)
     check_option("points", points, low=1)
+    check_option("margin", margin, low=0, high=0.5)
     iterations = max(6 * k, 24) if iterations is None else iterations
     check_option("iterations", iterations, low=2 * k)
     objective = as_objective(str(unit))
@@ -262,7 +280,7 @@ def invariances(
             cap.run(spec.example_input())
             objective.check({unit.layer: cap[unit.layer].shape})
         if optimum is None:
-            optimum, render_params = _render_optimum(spec, unit, steps, seed)
+            optimum, render_params = _render_optimum(spec, unit, steps, seed, render_options or {})
         optimum = optimum.detach().to(spec.device, spec.dtype)
         optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
         if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
@@ -273,25 +291,33 @@ def invariances(
             cap.run(spec.normalize(x))
             value = objective({unit.layer: cap[unit.layer]}).sum()
             (grad,) = torch.autograd.grad(value, x, create_graph=True)
+        free = ((optimum > margin) & (optimum < 1 - margin)).flatten().to(spec.dtype)
+        if not free.any():
+            raise InputShapeError(f"every pixel of the optimum is within margin={margin} of 0 or 1: no free pixel "
+                                  "to move; lower the margin or render with a sigmoid parameterization")
         g = grad.detach().flatten()
-        g_hat = g / g.norm() if tangent and g.norm() > 0 else None
+        g_free = g * free
+        g_hat = g_free / g_free.norm() if tangent and g_free.norm() > 0 else None
 
         def project(v: torch.Tensor) -> torch.Tensor:
+            v = v * free
             return v if g_hat is None else v - g_hat * torch.dot(g_hat, v)
+
+        linear = not grad.requires_grad  # the unit is linear in its input (no nonlinearity before it): H = 0
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
             v = project(v)
-            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.view_as(x), retain_graph=True)
-            return project(hv.flatten())
+            if linear:
+                return torch.zeros_like(v)
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.view_as(x), retain_graph=True, allow_unused=True)
+            return torch.zeros_like(v) if hv is None else project(hv.flatten())
 
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(n, generator=generator, dtype=torch.float64).to(spec.device, spec.dtype)
         ritz = lanczos(hvp, project(start), iterations, generator=generator)
         del grad, x
-        magnitude = ritz.eigenvalues.abs()
-        steep = magnitude.argsort(descending=True)[:k]
-        flat = magnitude.argsort()[:k]
-        order = torch.cat([steep, flat])
+        ranked = ritz.eigenvalues.abs().argsort(descending=True, stable=True)
+        order = torch.cat([ranked[:k], ranked.flip(0)[:k]])  # k steepest, then k flattest (disjoint even with ties)
         vectors = ritz.eigenvectors[order].view(2 * k, *optimum.shape[1:])
         offsets = torch.linspace(-radius, radius, points, dtype=spec.dtype)
         if points % 2:
@@ -307,11 +333,12 @@ def invariances(
         kind="invariances",
         model=spec.describe(),
         params={"unit": str(unit), "k": k, "iterations": iterations, "beta": beta, "tangent": tangent,
-                "radius": radius, "points": points, "seed": seed, "steps": steps,
+                "radius": radius, "points": points, "margin": margin, "free_pixels": int(free.sum()),
+                "seed": seed, "steps": steps,
                 "surrogate": f"softplus(beta={beta:g}) for every ReLU/ReLU6/hardtanh/leaky ReLU (SmoothReLU)",
-                "hessian": "w.r.t. [0, 1] pixels; Lanczos, full reorthogonalization, double-backprop HVPs"
+                "hessian": "w.r.t. the free [0, 1] pixels; Lanczos, full reorthogonalization, double-backprop HVPs"
                            + (", restricted to the gradient's orthogonal complement" if g_hat is not None else ""),
-                "gradient_norm": float(g.norm()), "render": render_params},
+                "gradient_norm": float(g.norm()), "linear": linear, "render": render_params},
     )
     return Invariances(
         optimum=optimum.detach().clone(),
