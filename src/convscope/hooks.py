@@ -187,6 +187,7 @@ def capture(
     gradients: bool = False,
     detach: bool = True,
     stop: bool = False,
+    leaves: Sequence[str] = (),
 ) -> Iterator[Capture]:
     """Record the outputs of `layers` during forward passes run inside the block.
 
@@ -198,6 +199,9 @@ def capture(
         detach: store detached copies (default). `False` keeps live tensors in the graph (e.g. for Grad-CAM).
         stop: with `cap.run(x)`, end the forward pass as soon as every requested layer ran, skipping the rest of
             the network (the first pass per input shape runs fully, to learn which modules run more than once).
+        leaves: names among `layers` whose output becomes a new leaf requiring grad (implies live tensors): the
+            autograd graph then starts there, so a backward to them costs only the network after them, even with
+            nothing upstream requiring grad (Grad-CAM on a frozen model).
 
     Each forward pass starts a new recording. Yields a `Capture`.
     """
@@ -209,7 +213,8 @@ def capture(
         base, _ = split_call(name)
         bases[base] = get_module(model, base)
     record = Capture(requested=names, model=model, stop=stop)
-    live = gradients or not detach
+    live = gradients or not detach or bool(leaves)
+    leaf_calls = {(base, k or 0) for base, k in map(split_call, leaves)}
     handles = []
     needed = record.needed
 
@@ -225,11 +230,11 @@ def capture(
             k = len(record.calls[base])
             replacement = None
             if live:
-                stored = output
-                if gradients and output.requires_grad:
+                stored = output.detach().requires_grad_(True) if (base, k) in leaf_calls else output
+                if gradients and stored.requires_grad:
                     stored.register_hook(lambda g, base=base, k=k: record.grads[base].__setitem__(k, g))
                 # Downstream in-place ops must not rewrite what we keep: hand them a copy.
-                replacement = output.clone()
+                replacement = stored.clone()
             else:
                 stored = output.detach().clone()
             record.calls[base].append(stored)

@@ -161,10 +161,11 @@ def forward_scores(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget
         return target.score(None, cap)  # type: ignore[arg-type]
 
 
-def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget,
-                   layers: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget, layers: Sequence[str] = (),
+                   *, leaves: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """One forward pass (graph kept): (B,) target scores, (B,) classes (None unless a class target) and the live
-    outputs of `layers` (for Grad-CAM). A predicted-class target takes its argmax from this same pass."""
+    outputs of `layers` (for Grad-CAM). A predicted-class target takes its argmax from this same pass.
+    `leaves=True` makes the `layers` outputs new autograd leaves: the graph starts there (inputs need no grad)."""
     layers = tuple(layers)
     if target.layer is None and not layers:
         output = spec.module(inputs)
@@ -173,7 +174,8 @@ def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget
         return scores, classes, {}
     wanted = layers + ((target.layer,) if target.layer is not None else ())
     # A unit target needs nothing past its layer (and the Grad-CAM layer): the pass may stop there.
-    with capture(spec.module, list(dict.fromkeys(wanted)), detach=False, stop=target.unit is not None) as cap:
+    with capture(spec.module, list(dict.fromkeys(wanted)), detach=False, stop=target.unit is not None,
+                 leaves=layers if leaves else ()) as cap:
         output = cap.run(inputs)
         scores = target.score(output, cap)
         found = {name: cap[name] for name in layers}

@@ -71,9 +71,10 @@ def _layer_output(spec: ModelSpec, layer: str, activation: torch.Tensor) -> None
 def _gradcam_pass(spec: ModelSpec, x: torch.Tensor, target, layer: str, relu: bool, guided: bool,
                   rectifiers: Rectifiers):
     """One forward; a backward to `layer` for the map and, if `guided`, a guided backward to the input."""
-    x = x.detach().requires_grad_(True)  # parameters are frozen: the graph hangs on the input
+    # Plain Grad-CAM: the graph starts at the layer (nothing upstream is recorded). Guided: it starts at the input.
+    x = x.detach().requires_grad_(guided)
     with function_mode(RectifierRules("gradient", rectifiers)) if guided else nullcontext() as mode:
-        scores, classes, found = forward_target(spec, x, target, layers=[layer])
+        scores, classes, found = forward_target(spec, x, target, layers=[layer], leaves=not guided)
     activation = found[layer]
     _layer_output(spec, layer, activation)
     (gradient,) = torch.autograd.grad(scores.sum(), activation, retain_graph=guided, allow_unused=True)

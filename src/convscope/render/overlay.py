@@ -2,7 +2,7 @@
 
 Normalization is always an explicit choice:
 - a map is divided by a `scale`; by default the `percentile` (99th) of its |values|, so a few extreme pixels do not
-  wash the rest out (values above are clipped, and the colour bar says so with "≥");
+  wash the rest out (values above are clipped, and the colour bar says so with ">");
 - non-negative maps (Grad-CAM, |gradient|) run from 0 to scale on a sequential colormap ("inferno"); signed maps
   (Integrated Gradients) run from -scale to +scale on a diverging one ("coolwarm", 0 in the middle);
 - in a panel, `normalization="method"` shares one scale per method across the images of the panel (their
@@ -115,8 +115,8 @@ def colorbar(info: dict[str, Any], *, length: int, thickness: int = 10, vertical
                      info["cmap"])
     bar = Image.fromarray(strip, "RGB")
     font = _font(size)
-    top = ("≥" if info["clipped"] else "") + _fmt(info["hi"])
-    bottom = ("≤" if info["clipped"] and info["signed"] else "") + _fmt(info["lo"])
+    top = (">" if info["clipped"] else "") + _fmt(info["hi"])  # the default font has no "≥"
+    bottom = ("<" if info["clipped"] and info["signed"] else "") + _fmt(info["lo"])
     if vertical:
         text_w = int(max(font.getlength(t) for t in (top, bottom))) + 4
         out = Image.new("RGB", (thickness + text_w + 2, length), "white")
@@ -187,7 +187,7 @@ def _caption(result: "Attribution", index: int) -> str:
 def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Sequence[str]] | None = None,
                       image_labels: Sequence[str] | None = None, normalization: Normalization = "method",
                       percentile: float = 99.0, cell: int | None = None, title: str | None = None,
-                      alpha: float = 0.8) -> Image.Image:
+                      alpha: float = 0.8, columns: int | None = None) -> Image.Image:
     """Methods side by side: one row per input, the image first, then each result's map over it.
 
     Args:
@@ -196,6 +196,7 @@ def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Se
         image_labels: written under each input image (e.g. the predicted class).
         normalization: "method" (one scale per method across the inputs; default), "each", or "all".
         percentile, alpha: see `overlay`; cell: tile size in pixels (default: the input size, at least 160).
+        columns: wrap each input's row after this many tiles (the image counts as one); None: no wrapping.
     """
     if not results:
         raise ValueError("attribution_panel needs at least one result")
@@ -218,7 +219,8 @@ def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Se
             picture, info = overlay(pixels, result.map[b], scale=scale, percentile=percentile, alpha=alpha)
             caption = captions[m][b] if captions else ""
             tiles.append(_tile(result.method, _resize(picture, cell), info, caption, cell, font))
-        rows.append(_hstack(tiles, pad=6))
+        width = columns or len(tiles)
+        rows += [_hstack(tiles[i:i + width], pad=6) for i in range(0, len(tiles), width)]
     out = _vstack(rows, pad=8)
     note = {"method": "one scale per method across the images", "each": "each map scaled on its own",
             "all": "one scale for all maps"}[normalization]
@@ -290,7 +292,8 @@ def curve_plot(curves: Any, *, width: int = 360, height: int = 240, max_lines: i
         "removed" if curves.kind == "deletion" else "inserted"), fill="black", font=font)
     draw.text((4, top), _fmt(hi), fill="black", font=font)
     draw.text((4, height - bottom - 12), _fmt(lo), fill="black", font=font)
-    draw.text((4, (top + height - bottom) // 2 - 6), curves.score[:6], fill="black", font=font)
+    draw.text((4, (top + height - bottom) // 2 - 6), {"probability": "prob."}.get(curves.score, curves.score),
+              fill="black", font=font)
     return out
 
 
