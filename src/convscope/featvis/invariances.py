@@ -303,14 +303,15 @@ def invariances(
             v = v * free
             return v if g_hat is None else v - g_hat * torch.dot(g_hat, v)
 
-        linear = not grad.requires_grad  # the unit is linear in its input (no nonlinearity before it): H = 0
+        # A unit linear in its input (no nonlinearity before it) has a gradient that does not depend on x: H = 0.
+        linear = [not grad.requires_grad]
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
             v = project(v)
-            if linear:
-                return torch.zeros_like(v)
-            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.view_as(x), retain_graph=True, allow_unused=True)
-            return torch.zeros_like(v) if hv is None else project(hv.flatten())
+            if not linear[0]:
+                (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.view_as(x), retain_graph=True, allow_unused=True)
+                linear[0] = hv is None
+            return torch.zeros_like(v) if linear[0] else project(hv.flatten())
 
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(n, generator=generator, dtype=torch.float64).to(spec.device, spec.dtype)
@@ -338,7 +339,7 @@ def invariances(
                 "surrogate": f"softplus(beta={beta:g}) for every ReLU/ReLU6/hardtanh/leaky ReLU (SmoothReLU)",
                 "hessian": "w.r.t. the free [0, 1] pixels; Lanczos, full reorthogonalization, double-backprop HVPs"
                            + (", restricted to the gradient's orthogonal complement" if g_hat is not None else ""),
-                "gradient_norm": float(g.norm()), "linear": linear, "render": render_params},
+                "gradient_norm": float(g.norm()), "linear": linear[0], "render": render_params},
     )
     return Invariances(
         optimum=optimum.detach().clone(),
