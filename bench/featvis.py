@@ -1,0 +1,112 @@
+"""Feature visualization speed: convscope `render` against torch-lucent 0.1.8, in one run on one machine.
+
+Setting (the same for both tools): torchvision GoogLeNet (random weights: timing only), objective: the mean of a
+channel of `inception4a`, a 128x128 image seen by the network at 128x128 (Lucent: `fixed_image_size=128`),
+Fourier parameterization with decorrelated colour, Lucid's standard transforms (pad 12, jitter 8, scale, rotate,
+jitter 4), Adam lr 0.05, 256 steps. Reported: seconds per channel for one channel and for batches of 8 and 16
+channels (Lucent batch: `param.image(128, batch=n)` with a sum of `channel("inception4a", i, batch=i)`).
+
+Lucent registers forward hooks on every module at every call and never removes them, so each Lucent run gets a
+fresh copy of the model (otherwise it would slow down run after run; that would flatter us).
+
+    python -m bench.featvis            # full: 256 steps
+    python -m bench.featvis --quick    # smoke test: 16 steps, batches 1 and 4
+    python -m bench.featvis --json     # machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+LAYER = "inception4a"
+SIZE = 128
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def googlenet() -> torch.nn.Module:
+    from torchvision.models import googlenet as make
+
+    torch.manual_seed(0)
+    return make(weights=None, aux_logits=False, init_weights=True).eval()
+
+
+def run_lucent(model: torch.nn.Module, channels: list[int], steps: int) -> float:
+    from lucent.optvis import objectives, param, render, transform
+
+    fresh = copy.deepcopy(model)  # Lucent leaves its hooks on the model: give it a clean one every time
+    n = len(channels)
+    if n == 1:
+        objective = objectives.channel(LAYER, channels[0])
+    else:
+        objective = sum(objectives.channel(LAYER, c, batch=i) for i, c in enumerate(channels))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        render.render_vis(fresh, objective, lambda: param.image(SIZE, batch=n), transforms=transform.standard_transforms,
+                          thresholds=(steps,), show_image=False, progress=False, fixed_image_size=SIZE)
+    return time.perf_counter() - start
+
+
+def run_convscope(model: torch.nn.Module, channels: list[int], steps: int) -> float:
+    from convscope.featvis import channel, render
+    from convscope.models import ModelSpec
+
+    spec = ModelSpec(model, "torchvision:googlenet (random)", 3, (SIZE, SIZE), MEAN, STD)
+    start = time.perf_counter()
+    render(spec, channel(LAYER, channels if len(channels) > 1 else channels[0]), size=SIZE, steps=steps,
+           param="fourier", optimizer="adam", lr=0.05, transforms="standard", seed=0)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.featvis", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="16 steps, batches 1 and 4 (smoke test)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per render (default 256, quick 16)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,16)")
+    parser.add_argument("--repeats", type=int, default=1, help="timings per setting; the median is reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    steps = args.steps or (16 if args.quick else 256)
+    sizes = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 4] if args.quick else [1, 8, 16])
+    model = googlenet()
+    # warm up both (first-call allocations, convscope's one full pass per input shape is part of every render)
+    run_lucent(model, [0], 2)
+    run_convscope(model, [0], 2)
+    rows = []
+    for n in sizes:
+        channels = list(range(n))
+        ours, theirs = [], []
+        for _ in range(args.repeats):  # interleave, so load changes on a shared machine hit both tools alike
+            theirs.append(run_lucent(model, channels, steps))
+            ours.append(run_convscope(model, channels, steps))
+        lucent_s, convscope_s = statistics.median(theirs), statistics.median(ours)
+        rows.append({"batch": n, "steps": steps, "lucent_s_per_channel": lucent_s / n,
+                     "convscope_s_per_channel": convscope_s / n, "speedup": lucent_s / convscope_s})
+        if not args.json:
+            print(f"batch {n:2d}: lucent {lucent_s / n:7.3f} s/channel   convscope {convscope_s / n:7.3f} s/channel   "
+                  f"speedup x{lucent_s / convscope_s:.2f}", flush=True)
+    targets = {1: 2.0}
+    verdict = all(r["speedup"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows)
+    payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "rows": rows,
+               "targets": "x2 for one channel, x3 per channel in a batch", "targets_met": verdict}
+    del targets
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"targets (x2 single, x3 batched): {'met' if verdict else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
