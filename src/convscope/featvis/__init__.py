@@ -7,11 +7,15 @@
 `render` is the one entry point; objectives (`neuron`, `channel`, `layer`, `class_logit`, `direction`,
 `diversity`, `custom`) add, subtract and scale; parameterizations, transforms, regularizers and update rules are
 small pieces in their own modules. `class_model` (Simonyan et al.) and `dream` (DeepDream) are recipes over
-`render`; `invert`, `adversarial`, ... are the other classic experiments.
+`render`; `invert`, `adversarial`, `invariances` and `evolution` are the other classic experiments.
 """
 
 from .adversarial import Adversarial, adversarial
 from .classic import class_model, dream
+from .evolution import Evolution, evolution
+from .invariances import Invariances, invariances
+from .evolution import Evolution, evolution
+from .invariances import Invariances, invariances
 from .inversion import Inversion, invert
 from .objectives import OUTPUT, Objective, as_objective, channel, class_logit, custom, direction, diversity, layer, neuron
 from .params import FourierParam, Parameterization, PixelParam
@@ -40,5 +44,5 @@ __all__ = [
     "L1", "L2", "TotalVariation", "EdgePenalty", "ColorPenalty", "sharpness", "ClipRange", "Decay", "Blur",
     "ClipNorm", "ClipContribution",
     "render", "Visualization", "class_model", "dream",
-    "invert", "Inversion", "adversarial", "Adversarial",
+    "invert", "Inversion", "adversarial", "Adversarial", "invariances", "Invariances", "evolution", "Evolution", "invariances", "Invariances", "evolution", "Evolution",
 ]
