@@ -14,8 +14,6 @@ from .adversarial import Adversarial, adversarial
 from .classic import class_model, dream
 from .evolution import Evolution, evolution
 from .invariances import Invariances, invariances
-from .evolution import Evolution, evolution
-from .invariances import Invariances, invariances
 from .inversion import Inversion, invert
 from .objectives import OUTPUT, Objective, as_objective, channel, class_logit, custom, direction, diversity, layer, neuron
 from .params import FourierParam, Parameterization, PixelParam
@@ -44,5 +42,5 @@ __all__ = [
     "L1", "L2", "TotalVariation", "EdgePenalty", "ColorPenalty", "sharpness", "ClipRange", "Decay", "Blur",
     "ClipNorm", "ClipContribution",
     "render", "Visualization", "class_model", "dream",
-    "invert", "Inversion", "adversarial", "Adversarial", "invariances", "Invariances", "evolution", "Evolution", "invariances", "Invariances", "evolution", "Evolution",
+    "invert", "Inversion", "adversarial", "Adversarial", "invariances", "Invariances", "evolution", "Evolution",
 ]
