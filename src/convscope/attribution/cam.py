@@ -77,7 +77,9 @@ def _gradcam_pass(spec: ModelSpec, x: torch.Tensor, target, layer: str, relu: bo
         scores, classes, found = forward_target(spec, x, target, layers=[layer], leaves=not guided)
     activation = found[layer]
     _layer_output(spec, layer, activation)
-    (gradient,) = torch.autograd.grad(scores.sum(), activation, retain_graph=guided, allow_unused=True)
+    gradient = None
+    if scores.requires_grad:  # with the graph starting at the layer, a target before it has no graph at all
+        (gradient,) = torch.autograd.grad(scores.sum(), activation, retain_graph=guided, allow_unused=True)
     if gradient is None:
         raise TargetError(f"the target does not depend on layer {layer!r} (is the target's layer before it?)")
     cam = _cam(activation.detach(), gradient, relu)

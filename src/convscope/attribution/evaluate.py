@@ -29,9 +29,9 @@ from ..models import ModelSpec
 from ..results import Recipe, ResultMixin
 from ._core import Attribution, ResolvedTarget, Target, as_spec, check_inputs, forward_target, resolve_target, \
     select_target, target_param
-from ._sanity import RandomizationCheck, randomization
+from ._sanity import RandomizationCheck, randomization, spearman
 
-__all__ = ["Curves", "deletion", "insertion", "randomization", "RandomizationCheck", "blur"]
+__all__ = ["Curves", "deletion", "insertion", "randomization", "RandomizationCheck", "blur", "spearman"]
 
 Fill = Literal["black", "zero", "blur"]
 
