@@ -68,6 +68,21 @@ def test_lanczos_extremes_converge_first():
     assert float((a @ top - result.eigenvalues[-1] * top).norm()) == pytest.approx(float(result.residuals[-1]), abs=1e-6)
 
 
+def test_lanczos_stays_in_a_projected_subspace():
+    a = _symmetric(12)
+    mask = (torch.arange(12) % 3 == 0).double()  # a 4-dimensional coordinate subspace
+
+    def op(v):
+        return mask * (a @ (mask * v))
+
+    start = mask * torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = lanczos(op, start, 12, generator=torch.Generator().manual_seed(2), project=lambda v: mask * v)
+    assert result.eigenvalues.numel() == 4  # stops once the subspace is spanned
+    assert torch.equal(result.eigenvectors * (1 - mask), torch.zeros(4, 12, dtype=torch.float64))
+    inner = a[mask.bool()][:, mask.bool()]
+    assert torch.allclose(result.eigenvalues, torch.linalg.eigvalsh(inner), atol=1e-9)
+
+
 # -- the smooth surrogate --------------------------------------------------------------------------------------------
 
 def _softplus_copy(model: nn.Sequential, beta: float) -> nn.Sequential:
@@ -159,6 +174,16 @@ def test_flattest_directions_change_the_activation_less():
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     assert result.recipe.params["surrogate"].startswith("softplus")
     assert result.to_image().height > 6 * 16
+
+
+def test_saturated_pixels_stay_fixed():
+    spec = _small_cnn()
+    optimum = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(6)) * 0.8 + 0.1
+    optimum[..., :4, :] = 1.0  # pushed against the box: held by the constraint, not free
+    result = invariances(spec, "3:2", k=2, optimum=optimum)
+    assert torch.equal(result.eigenvectors[..., :4, :], torch.zeros(4, 1, 4, 16))
+    assert torch.equal(result.strips[..., :4, :], torch.ones(4, 5, 1, 4, 16))
+    assert result.recipe.params["free_pixels"] == 12 * 16
 
 
 def test_invariances_same_seed_same_output():

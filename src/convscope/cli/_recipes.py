@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evo.add_argument("--unit", required=True, help="channel index, or CHANNEL@ROW,COL")
     evo.add_argument("--steps", type=int, default=256, help="render steps per checkpoint (default 256)")
     evo.add_argument("--seed", type=int, default=0, help="render seed, the same for every checkpoint (default 0)")
+    evo.add_argument("--param", choices=("fourier", "pixel"), default="fourier", help="default fourier")
+    evo.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate (small inputs "
+                                                                   "like 28x28 often render better without)")
     _output(evo, "evolution.png")
     evo.set_defaults(handler=run_evolution)
 
@@ -159,7 +162,8 @@ def run_evolution(args: argparse.Namespace) -> int:
     with progress("checkpoints", total=n) as bar:
         task = bar.add_task("checkpoints", total=n)
         result = evolution(args.checkpoints, _unit(args), seed=args.seed, steps=args.steps, arch=args.arch,
-                           device=device(args), progress=lambda done, total: bar.update(task, completed=done))
+                           device=device(args), progress=lambda done, total: bar.update(task, completed=done),
+                           param=args.param, **({"transforms": None} if args.no_transforms else {}))
     path = result.save(args.output)
     if args.json:
         print_json({"output": str(path), "labels": result.labels, "values": result.values.tolist(),

@@ -94,7 +94,8 @@ class LanczosResult:
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iterations: int, *,
-            generator: torch.Generator | None = None) -> LanczosResult:
+            generator: torch.Generator | None = None,
+            project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LanczosResult:
     """Lanczos iteration with full reorthogonalization for a symmetric linear operator on vectors of size n.
 
     Args:
@@ -102,8 +103,10 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
         start: (n,) the first Krylov vector (normalized here); its dtype and device are used throughout.
         iterations: m, the Krylov dimension (at most n); m = n gives every eigenpair.
         generator: draws a fresh orthogonal vector when the Krylov space becomes invariant (breakdown).
+        project: for an operator living on a subspace (A = P A P), maps fresh vectors into it, so every Ritz
+            vector stays in the subspace; when the subspace is exhausted the iteration stops early.
 
-    Returns the m Ritz pairs, eigenvalues ascending.
+    Returns the Ritz pairs (m of them, fewer if the space was exhausted), eigenvalues ascending.
     """
     n = start.numel()
     m = min(int(iterations), n)
@@ -128,11 +131,17 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
         if beta <= 1e-10 * scale:  # invariant subspace found: continue from a new orthogonal direction
             betas[j] = 0.0
             w = torch.randn(n, generator=generator, dtype=torch.float64).to(start.device, start.dtype)
+            w = project(w) if project is not None else w
+            size = w.norm()
             for _ in range(2):
                 w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            if w.norm() <= 1e-8 * size:  # the whole (sub)space is spanned: stop with j + 1 pairs
+                m = j + 1
+                break
             q = w / w.norm()
         else:
             q = w / beta
+    basis, alphas, betas = basis[:m], alphas[:m], betas[:m]
     tri = torch.diag(alphas) + torch.diag(betas[: m - 1], 1) + torch.diag(betas[: m - 1], -1)
     theta, s = torch.linalg.eigh(tri)
     vectors = s.T.to(start.dtype).to(start.device) @ basis
@@ -315,8 +324,11 @@ def invariances(
 
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(n, generator=generator, dtype=torch.float64).to(spec.device, spec.dtype)
-        ritz = lanczos(hvp, project(start), iterations, generator=generator)
+        ritz = lanczos(hvp, project(start), iterations, generator=generator, project=project)
         del grad, x
+        if ritz.eigenvalues.numel() < 2 * k:
+            raise OptionError(f"only {ritz.eigenvalues.numel()} free directions exist at this optimum; "
+                              f"ask for k <= {ritz.eigenvalues.numel() // 2}")
         ranked = ritz.eigenvalues.abs().argsort(descending=True, stable=True)
         order = torch.cat([ranked[:k], ranked.flip(0)[:k]])  # k steepest, then k flattest (disjoint even with ties)
         vectors = ritz.eigenvectors[order].view(2 * k, *optimum.shape[1:])
