@@ -1,8 +1,10 @@
 """Analytic receptive fields: trace the model with torch.fx and propagate each node's field through the graph.
 
-Per spatial axis a node's state is `_Axis(lo, hi, jump, uniform)`: unit i along the axis sees input pixels
+Per spatial axis a node's state is `Axis(lo, hi, jump, uniform, pos)`: unit i along the axis sees input pixels
 `[lo + i * jump, hi + i * jump]`; with `uniform=True` every unit sees `[lo, hi]` (after a global pool, a flatten,
-a squeeze-excitation gate, ...), and `jump=None` means the tensor has no spatial axes left. The rules:
+a squeeze-excitation gate, ...), and `jump=None` means the tensor has no spatial axes left. `pos` is the tensor
+dimension (counted from the end) that holds the axis: -2, -1 for (B, C, H, W); permutes to channels-last
+(ConvNeXt) move it, and linear layers / layer norms over the channel axis then act per position. The rules:
 
 - conv and pooling windows (kernel k, stride s, padding p, dilation d): `lo -= p * jump`,
   `hi += (d * (k - 1) - p) * jump`, `jump *= s` (`ceil_mode` only adds units at the end, not a different start);
@@ -12,8 +14,8 @@ a squeeze-excitation gate, ...), and `jump=None` means the tensor has no spatial
   inputs count as uniform);
 - flatten / linear / spatial reductions / instance and group norm: the whole input.
 
-Anything else (upsampling, transposed convs, channels-last permutes, ...) is "unknown" with a reason, and the
-caller measures those layers instead.
+Anything else (upsampling, transposed convs, windows over a permuted layout, ...) is "unknown" with a reason,
+and the caller measures those layers instead.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Axis:
     hi: int
     jump: int | None
     uniform: bool = False
+    pos: int = -1
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,15 @@ def window(state: tuple[Axis, ...], kernel, stride, padding, dilation) -> tuple[
         padding = tuple((d * (k - 1)) // 2 for k, d in zip(kernel, dilation))
     padding = _tuple(padding, n)
     out = []
-    for ax, k, s, p, d in zip(state, kernel, stride, padding, dilation):
+    for a, (ax, k, s, p, d) in enumerate(zip(state, kernel, stride, padding, dilation)):
         if ax.jump is None:
             raise _Stop("a window op over a tensor with no spatial axes")
+        if ax.pos != a - n:
+            raise _Stop("a window op over a tensor whose spatial axes are not last (permuted layout)")
         if ax.uniform:
-            out.append(Axis(ax.lo, ax.hi, ax.jump * s, True))
+            out.append(replace(ax, jump=ax.jump * s))
         else:
-            out.append(Axis(ax.lo - p * ax.jump, ax.hi + (d * (k - 1) - p) * ax.jump, ax.jump * s))
+            out.append(replace(ax, lo=ax.lo - p * ax.jump, hi=ax.hi + (d * (k - 1) - p) * ax.jump, jump=ax.jump * s))
     return tuple(out)
 
 
@@ -108,7 +113,7 @@ def collapse(state: tuple[Axis, ...], sizes: tuple[int, ...], keep_spatial: bool
     for ax, n in zip(state, sizes):
         hi = ax.hi if ax.uniform or ax.jump is None else ax.hi + (n - 1) * ax.jump
         jump = ax.jump * n if keep_spatial and ax.jump is not None else None
-        out.append(Axis(ax.lo, hi, jump, True))
+        out.append(replace(ax, hi=hi, jump=jump, uniform=True))
     return tuple(out)
 
 
@@ -122,7 +127,7 @@ def adaptive(state: tuple[Axis, ...], sizes: tuple[int, ...], output_size) -> tu
         elif m == 1:
             out.append(collapse((ax,), (n,), keep_spatial=True)[0])
         elif n % m == 0:
-            out.append(window((ax,), n // m, n // m, 0, 1)[0])
+            out.append(replace(window((replace(ax, pos=-1),), n // m, n // m, 0, 1)[0], pos=ax.pos))
         else:
             raise _Stop(f"an adaptive pool from {n} to {m} units (uneven bins)")
     return tuple(out)
@@ -130,14 +135,16 @@ def adaptive(state: tuple[Axis, ...], sizes: tuple[int, ...], output_size) -> tu
 
 def union(items: list[tuple[tuple[Axis, ...], tuple[int, ...]]], out_shape: tuple[int, ...]) -> tuple[Axis, ...]:
     """Union of the inputs' fields per axis; `items` are (state, input shape), `out_shape` the output's shape."""
-    nsp = len(items[0][0])
     result = []
-    for a in range(nsp):
-        n_out = out_shape[len(out_shape) - nsp + a] if len(out_shape) >= nsp + 2 else 1
+    for a in range(len(items[0][0])):
+        pos = items[0][0][a].pos
+        if any(state[a].pos != pos for state, _ in items):
+            raise _Stop("inputs with different layouts are combined")
+        n_out = out_shape[pos] if len(out_shape) >= -pos else 1
         axes, full = [], []
         for state, shape in items:
             ax = state[a]
-            broadcast = len(shape) < nsp + 2 or shape[len(shape) - nsp + a] == 1
+            broadcast = len(shape) < -pos or shape[pos] == 1
             if broadcast and n_out > 1:
                 ax = replace(ax, uniform=True)
             else:
@@ -149,12 +156,12 @@ def union(items: list[tuple[tuple[Axis, ...], tuple[int, ...]]], out_shape: tupl
             raise _Stop(f"inputs with different strides {sorted(jumps)} are combined")
         lo = min(ax.lo for ax in axes)
         if len(local) == len(axes):
-            result.append(Axis(lo, max(ax.hi for ax in axes), local[0].jump))
+            result.append(Axis(lo, max(ax.hi for ax in axes), local[0].jump, False, pos))
             continue
         his = [ax.hi for ax in axes if ax.uniform] + [ax.hi + (n_out - 1) * ax.jump for ax in local]
         # the output's unit spacing is that of the inputs that are not broadcast along this axis
         jump = next((ax.jump for ax in full + axes if ax.jump is not None), None)
-        result.append(Axis(lo, max(his), jump, True))
+        result.append(Axis(lo, max(his), jump, True, pos))
     return tuple(result)
 
 
@@ -197,7 +204,7 @@ class _Propagator(fx.Interpreter):
         if n.op == "placeholder":
             if isinstance(result, torch.Tensor) and result.ndim >= 3 and not self.nsp:
                 self.nsp = result.ndim - 2
-                return tuple(Axis(0, 0, 1) for _ in range(self.nsp))
+                return tuple(Axis(0, 0, 1, False, a - self.nsp) for a in range(self.nsp))
             return CONST
         if n.op in ("get_attr", "output"):
             return CONST
@@ -226,12 +233,12 @@ class _Propagator(fx.Interpreter):
             dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else default)
             if name == "unbind":
                 dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
-            if dim % x.ndim >= x.ndim - self.nsp:
+            if dim % x.ndim in _spatial_dims(state, x.ndim):
                 raise _Stop(f"{name} along a spatial axis")
             return state
         if name == "cat":
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
-            if dim % result.ndim >= result.ndim - self.nsp:
+            if dim % result.ndim in _spatial_dims(state, result.ndim):
                 raise _Stop("concatenation along a spatial axis")
             return self._union(live, values, result)
         if name in _LAYOUT or name in ("permute", "transpose"):
@@ -244,18 +251,24 @@ class _Propagator(fx.Interpreter):
                                                                                          "dilation": 1})
             return window(state, args["kernel_size"], args["stride"], args["padding"], args["dilation"])
         if name.startswith("adaptive_") and "pool" in name:
-            return adaptive(state, tuple(x.shape[-self.nsp:]), _bind(n, ("input", "output_size"), {})["output_size"])
+            _trailing(state)
+            return adaptive(state, _sizes(state, x), _bind(n, ("input", "output_size"), {})["output_size"])
         if name in ("conv1d", "conv2d", "conv3d"):
             args = _bind(n, ("input", "weight", "bias", "stride", "padding", "dilation"),
                          {"bias": None, "stride": 1, "padding": 0, "dilation": 1})
             kernel = tuple(values[n.args[1]].shape[2:]) if isinstance(n.args[1], fx.Node) else None
             return window(state, kernel, args["stride"], args["padding"], args["dilation"])
+        if name in ("layer_norm", "linear"):
+            shape = _bind(n, ("input", "normalized_shape"), {})["normalized_shape"] if name == "layer_norm" else (1,)
+            return self._last_axes(state, x, len(_tuple(shape, 1)), name == "layer_norm")
+        if name in ("group_norm", "instance_norm"):
+            return collapse(state, _sizes(state, x), keep_spatial=True)
         if name in ("softmax", "log_softmax"):
             return self._softmax(state, x, n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None))
         raise _Stop(f"no receptive-field rule for {name!r}")
 
     def _module(self, m: nn.Module, state, x, result) -> State:
-        sizes = tuple(x.shape[-self.nsp:]) if isinstance(x, torch.Tensor) else ()
+        sizes = _sizes(state, x)
         if isinstance(m, _conv._ConvTransposeNd):
             raise _Stop("transposed convolution")
         if isinstance(m, _conv._ConvNd):
@@ -267,6 +280,7 @@ class _Propagator(fx.Interpreter):
         if isinstance(m, _pool._LPPoolNd):
             return window(state, m.kernel_size, m.stride, 0, 1)
         if isinstance(m, (_pool._AdaptiveAvgPoolNd, _pool._AdaptiveMaxPoolNd)):
+            _trailing(state)
             return adaptive(state, sizes, m.output_size)
         if isinstance(m, _POINTWISE_MODULES):
             return state
@@ -274,15 +288,22 @@ class _Propagator(fx.Interpreter):
             return collapse(state, sizes, keep_spatial=True)
         if isinstance(m, nn.Flatten):
             return self._layout("flatten", state, x, result, None)
-        if isinstance(m, (nn.Linear, nn.LayerNorm)):
-            if all(ax.jump is None for ax in state):
-                return state
-            if isinstance(m, nn.LayerNorm):
-                return collapse(state, sizes, keep_spatial=True)
-            raise _Stop("a Linear layer applied along a spatial axis")
+        if isinstance(m, nn.Linear):
+            return self._last_axes(state, x, 1, False)
+        if isinstance(m, nn.LayerNorm):
+            return self._last_axes(state, x, len(m.normalized_shape), True)
         if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
             return self._softmax(state, x, m.dim)
         raise _Stop(f"no receptive-field rule for {type(m).__name__}")
+
+    def _last_axes(self, state, x, count: int, normalizes: bool) -> State:
+        """Linear layers and layer norms act on the last `count` dims: per position when those hold no spatial
+        axis (channels-last), over the whole input for a norm that includes them."""
+        if all(ax.jump is None for ax in state) or all(ax.pos < -count for ax in state):
+            return state
+        if normalizes:
+            return collapse(state, _sizes(state, x), keep_spatial=True)
+        raise _Stop("a linear layer applied along a spatial axis")
 
     def _union(self, live, values, result) -> State:
         items = [(s, tuple(values[a].shape) if isinstance(values[a], torch.Tensor) else ()) for a, s in live]
@@ -301,45 +322,64 @@ class _Propagator(fx.Interpreter):
         else:
             before, after = index, ()
         touched = list(enumerate(before)) + [(x.ndim - len(after) + i, v) for i, v in enumerate(after)]
+        spatial = _spatial_dims(state, x.ndim)
         for dim, item in touched:
-            if dim >= x.ndim - self.nsp and not (isinstance(item, slice) and item == slice(None)):
+            if dim in spatial and not (isinstance(item, slice) and item == slice(None)):
                 raise _Stop("indexing along a spatial axis")
         return state
 
     def _layout(self, name: str, state, x, result, n: fx.Node | None) -> State:
-        nsp = self.nsp
         if all(ax.jump is None for ax in state):
             return state
         if name in ("permute", "transpose"):
-            args = n.args[1:] if n is not None else ()
+            args = [a % x.ndim for a in _flat_ints(n.args[1:] if n is not None else ())]
+            order = list(range(x.ndim))
             if name == "transpose":
-                moved = [d % x.ndim for d in args[:2]] if args[0] % x.ndim != args[1] % x.ndim else []
+                order[args[0]], order[args[1]] = order[args[1]], order[args[0]]
             else:
-                dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-                moved = [i for i, d in enumerate(dims) if d % x.ndim != i]
-                moved += [dims[i] % x.ndim for i in moved]
-            if any(d >= x.ndim - nsp for d in moved):
-                raise _Stop(f"{name} moves a spatial axis (channels-last layout)")
-            return state
-        if isinstance(result, torch.Tensor) and result.ndim >= nsp + 1 and \
-                tuple(result.shape[-nsp:]) == tuple(x.shape[-nsp:]):
-            return state  # the spatial axes are untouched (e.g. a channel shuffle)
-        return collapse(state, tuple(x.shape[-nsp:]), keep_spatial=False)
+                order = args
+            return tuple(replace(ax, pos=order.index(x.ndim + ax.pos) - x.ndim) for ax in state)
+        tail = -min(ax.pos for ax in state)
+        if isinstance(result, torch.Tensor) and result.ndim >= tail and \
+                tuple(result.shape[-tail:]) == tuple(x.shape[-tail:]):
+            return state  # the spatial axes and what follows them are untouched (e.g. a channel shuffle)
+        return collapse(state, _sizes(state, x), keep_spatial=False)
 
     def _reduce(self, state, x, n: fx.Node) -> State:
         dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
         keepdim = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
         if dims is None:
-            return collapse(state, tuple(x.shape[-self.nsp:]), keep_spatial=False)
-        dims = [d % x.ndim for d in _tuple(dims, 1)]
-        if not any(d >= x.ndim - self.nsp for d in dims):
+            return collapse(state, _sizes(state, x), keep_spatial=False)
+        if not {d % x.ndim for d in _tuple(dims, 1)} & _spatial_dims(state, x.ndim):
             return state
-        return collapse(state, tuple(x.shape[-self.nsp:]), keep_spatial=bool(keepdim))
+        return collapse(state, _sizes(state, x), keep_spatial=bool(keepdim))
 
     def _softmax(self, state, x, dim) -> State:
-        if dim is None or dim % x.ndim >= x.ndim - self.nsp:
-            return collapse(state, tuple(x.shape[-self.nsp:]), keep_spatial=True)
+        if dim is None or dim % x.ndim in _spatial_dims(state, x.ndim):
+            return collapse(state, _sizes(state, x), keep_spatial=True)
         return state
+
+
+def _spatial_dims(state: tuple[Axis, ...], ndim: int) -> set[int]:
+    return {ndim + ax.pos for ax in state if ax.jump is not None}
+
+
+def _sizes(state: tuple[Axis, ...], x: Any) -> tuple[int, ...]:
+    if not isinstance(x, torch.Tensor):
+        return ()
+    return tuple(x.shape[ax.pos] if x.ndim >= -ax.pos else 1 for ax in state)
+
+
+def _trailing(state: tuple[Axis, ...]) -> None:
+    if any(ax.pos != a - len(state) for a, ax in enumerate(state) if ax.jump is not None):
+        raise _Stop("a pool over a tensor whose spatial axes are not last (permuted layout)")
+
+
+def _flat_ints(args: Any) -> list[int]:
+    out: list[int] = []
+    for a in args:
+        out.extend(_flat_ints(a) if isinstance(a, (tuple, list)) else [a])
+    return out
 
 
 def _has_tensor(value: Any) -> bool:

@@ -13,9 +13,10 @@ Two ways to get them, and every result says which it used (`method`):
   adaptive pools and global reductions, which depend on the input size).
 - "measured": the bounding box of the nonzero gradient of the layer's centre unit (summed over channels) with
   respect to the input, averaged in absolute value over a few random inputs, on a float64 copy of the model in
-  eval mode. Used where tracing fails or meets an op without a rule. The stride is estimated as the ratio of input
-  to output size; a box that touches the input border is a lower bound (the note says so), as is any field whose
-  outer pixels happen to get exactly zero gradient (max pooling, dead ReLUs) on all samples.
+  eval mode. Used where tracing fails or meets an op without a rule. The stride is the shift of the box between
+  the centre unit and its neighbour (the size ratio when both boxes are clipped); a box that touches the input
+  border is a lower bound (the note says so), as is any field whose outer pixels happen to get exactly zero
+  gradient (max pooling, dead ReLUs) on all samples. Outputs are taken as (B, C, *spatial).
 """
 
 from __future__ import annotations
@@ -155,9 +156,24 @@ def _analytic(module: nn.Module, example: torch.Tensor, calls) -> dict[str, Rece
     return out
 
 
+def _box(grad: torch.Tensor) -> list[tuple[int, int]] | None:
+    """(lo, hi) per spatial axis of the nonzero entries of `grad` (B, C, *spatial), or None when all are zero."""
+    mask = grad.abs().sum(dim=(0, 1)) > 0
+    if not bool(mask.any()):
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(d for d in range(mask.ndim) if d != axis)
+        idx = torch.nonzero(mask.any(dim=other) if other else mask).flatten()
+        box.append((int(idx.min()), int(idx.max())))
+    return box
+
+
 def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[str], *, samples: int, seed: int,
              notes: dict[str, str]) -> dict[str, ReceptiveField]:
-    """Gradient-measured fields of `names` (tensor outputs only), one forward pass and one backward per layer."""
+    """Gradient-measured fields of `names` (tensor outputs laid out (B, C, *spatial)): one forward pass, one
+    backward per layer. The batch holds the same random inputs once per unit probed: the centre unit, and for
+    each axis the unit one step further, whose box's shift is the stride."""
     shapes = {name: shape for name, _, _, shape in calls}
     names = [n for n in names if shapes.get(n) is not None]
     if not names:
@@ -168,9 +184,10 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
     except Exception:  # a model that cannot be copied: measure it in place, in its own dtype (restored by frozen)
         work, dtype = module, example.dtype
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((samples, *example.shape[1:]), generator=generator, dtype=dtype).to(example.device)
-    x.requires_grad_(True)
-    spatial = example.shape[2:]
+    spatial = tuple(example.shape[2:])
+    groups = 1 + len(spatial)
+    base = torch.randn((samples, *example.shape[1:]), generator=generator, dtype=dtype)
+    x = base.repeat(groups, *([1] * (base.ndim - 1))).to(example.device).requires_grad_(True)
     out: dict[str, ReceptiveField] = {}
     with frozen(work), capture(work, names, detach=False) as cap:
         work(x)
@@ -179,23 +196,35 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
             if not y.requires_grad:
                 continue
             has_space = y.ndim == example.ndim
-            centre = tuple(n // 2 for n in y.shape[2:]) if has_space else ()
-            score = y[(slice(None), slice(None), *centre)].sum() if has_space else y.sum()
+            centre = [n // 2 for n in y.shape[2:]] if has_space else []
+            units = [centre] + [[c + (a == axis) for a, c in enumerate(centre)] for axis in range(len(centre))]
+            score = y.sum() if not has_space else sum(
+                y[(slice(g * samples, (g + 1) * samples), slice(None), *unit)].sum()
+                for g, unit in enumerate(units) if all(u < n for u, n in zip(unit, y.shape[2:])))
             (grad,) = torch.autograd.grad(score, x, retain_graph=True, allow_unused=True)
-            if grad is None or not bool(grad.ne(0).any()):
+            if grad is None:
                 continue
-            mask = grad.abs().sum(dim=(0, 1)) > 0
+            boxes = [_box(grad[g * samples:(g + 1) * samples]) for g in range(groups)]
+            if boxes[0] is None:
+                continue
             sizes, offsets, strides, clipped = [], [], [], False
             for axis, n_in in enumerate(spatial):
-                other = tuple(d for d in range(mask.ndim) if d != axis)
-                hits = mask.any(dim=other) if other else mask
-                idx = torch.nonzero(hits).flatten()
-                lo, hi = int(idx.min()), int(idx.max())
-                clipped |= lo == 0 or hi == n_in - 1
-                stride = max(1, round(n_in / y.shape[2 + axis])) if has_space else None
-                strides.append(stride)
+                lo, hi = boxes[0][axis]
+                low_clip, high_clip = lo == 0, hi == n_in - 1
+                clipped |= low_clip or high_clip
                 sizes.append(hi - lo + 1)
-                offsets.append(lo - centre[axis] * stride if has_space else lo)
+                if not has_space:
+                    offsets.append(lo)
+                    continue
+                shifted = boxes[1 + axis]
+                if shifted is not None and not low_clip and shifted[axis][0] > 0:
+                    stride = shifted[axis][0] - lo
+                elif shifted is not None and not high_clip and shifted[axis][1] < n_in - 1:
+                    stride = shifted[axis][1] - hi
+                else:  # both sides clipped or no neighbour: estimate from the size ratio
+                    stride = max(1, round(n_in / y.shape[2 + axis]))
+                strides.append(stride)
+                offsets.append(lo - centre[axis] * stride)
             note = notes.get(name, "")
             if clipped:
                 note = (note + "; " if note else "") + "touches the input border: the true field may be larger"
