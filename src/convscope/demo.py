@@ -86,7 +86,10 @@ def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
         print(f"demo: {title}: done in {time.perf_counter() - start:.1f}s", flush=True)
         lines += [f"## {title}", ""]
         for name, caption in produced:
-            lines += [f"![{caption}]({name})", "", caption, ""]
+            if name.endswith(".txt"):
+                lines += [caption, "", "```", (out / name).read_text().rstrip(), "```", ""]
+            else:
+                lines += [f"![{caption}]({name})", "", caption, ""]
     (out / "gallery.md").write_text("\n".join(lines))
     print(f"demo: wrote {out / 'gallery.md'}" + (f"; {failed} step(s) failed" if failed else ""))
     return 1 if failed else 0
