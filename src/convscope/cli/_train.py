@@ -60,15 +60,13 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import resolve
     from ..models.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     size = tuple(args.size) if args.size else None
-    items = len(resolve(args.data, split="train", channels=args.channels))
-    with progress("training", total=None) as bar:
-        task = bar.add_task("training", total=items * args.epochs)
+    with progress("training") as bar:
+        task = bar.add_task("training", total=None)
 
         def log(line: str) -> None:
             bar.console.print(line) if bar.console.is_terminal else print(line, file=sys.stderr)
@@ -78,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                        heldout_fraction=args.heldout_fraction, out=args.output,
                        checkpoint_every=args.checkpoint_every, resume=args.resume, half=args.half,
                        device=device(args), command=_command(args),
-                       progress=lambda n: bar.advance(task, n), log=log)
+                       progress=lambda n, total: bar.update(task, advance=n, total=total), log=log)
     if args.json:
         print_json({k: v for k, v in result.metadata.items() if k != "versions"} | {"path": str(result.path)})
         return 0

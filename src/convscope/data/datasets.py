@@ -215,7 +215,12 @@ class TorchvisionDataset(Dataset):
         self._labels = np.asarray(torch.as_tensor(targets), dtype=np.int64)
         names = classes if classes is not None else getattr(dataset, "classes", None)
         self.classes = _class_names(names, self._labels)
-        self.channels = channels or int(self.load(0).shape[0]) if len(dataset) else (channels or 3)
+        if channels is None and len(dataset):
+            try:
+                channels = int(self.load(0).shape[0])
+            except BadImageError:
+                channels = None
+        self.channels = channels or 3
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -110,8 +110,9 @@ def _download(folder_name: str, split: Split, root: Path) -> None:
     try:
         cls(str(root), train=split == "train", download=True)
     except Exception as error:  # network errors come in many types (URLError, HTTPError, OSError, RuntimeError)
+        reason = " ".join(str(error).split())  # torchvision's message spans lines; errors print in one
         raise DatasetError(
-            f"dataset {folder_name!r} ({split}) is not in {str(root)!r} and downloading it failed ({error}). "
+            f"dataset {folder_name!r} ({split}) is not in {str(root)!r} and downloading it failed ({reason}). "
             "With internet access torchvision downloads it; offline, put the IDX files into "
             f"{str(root / folder_name / 'raw')!r} or set $CONVSCOPE_DATA."
         ) from None

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, suggest
-from .files import (SPEC_KEYS, file_digest, is_torchscript, load_torchscript, load_weights_into, read_safetensors,
+from .files import (file_digest, is_torchscript, load_torchscript, load_weights_into, read_safetensors,
                     read_state_dict)
 from .registry import get_entry, weights_path
 from .spec import ModelSpec, first_conv_channels, spec_for_module
@@ -34,6 +34,7 @@ from .spec import ModelSpec, first_conv_channels, spec_for_module
 __all__ = ["load", "parse_options", "seeded"]
 
 _FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)(?P<opts>(,[^,]*)*)$")
+_RECORDED = ("seed", "epochs", "accuracy", "dataset", "dtype", "command")  # file metadata kept in spec.source
 _STATE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".torchscript", ".ts", ".jit"}
 
 
@@ -106,6 +107,8 @@ def load(model: str | Path | nn.Module | ModelSpec, *, arch: str | None = None, 
 def _load_string(text: str, *, arch: str | None, seed: int) -> ModelSpec:
     text = text.strip()
     scheme, colon, rest = text.partition(":")
+    if arch and colon and scheme in ("torchvision", "timm", "convscope"):
+        raise ModelLoadError(f"--arch applies to weight files only; {text!r} already names its architecture")
     if colon and scheme == "torchvision":
         from .hubs import torchvision_spec
 
@@ -252,7 +255,7 @@ def _from_file(path: Path, *, arch: str | None, seed: int) -> ModelSpec:
                              "--arch MODELSTRING (e.g. --arch torchvision:resnet18)")
     base = load(architecture, seed=seed)
     load_weights_into(base.module, state, source=str(path), arch=architecture)
-    recorded = {k: v for k, v in metadata.items() if k not in SPEC_KEYS}
+    recorded = {k: metadata[k] for k in _RECORDED if k in metadata}
     return _spec_from_metadata(base.module, metadata, base, str(path),
                                {**source, "arch": architecture, **recorded})
 

@@ -135,7 +135,7 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
           size: tuple[int, int] | None = None, channels: int | None = None, heldout: Any = None,
           heldout_fraction: float = 0.1, out: str | Path | None = None, checkpoint_every: int | None = None,
           resume: bool = False, half: bool = False, device: str | torch.device | None = None,
-          command: str | None = None, progress: Callable[[int], None] | None = None,
+          command: str | None = None, progress: Callable[[int, int], None] | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train architecture `arch` (`small-cnn`, `small-cnn-s2`, `cnn4`, or a model string) on `data` with Adam and
     cross-entropy.
@@ -148,7 +148,8 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
         out: the `.safetensors` file to write; checkpoints go next to it every `checkpoint_every` epochs.
         resume: continue from the last checkpoint next to `out` (same result as an uninterrupted run).
         half: store float16 weights (half the file size).
-        progress: called with the number of items after each training batch; log: called with a line per epoch.
+        progress: `progress(items, total)` after each training batch (total = items of all remaining epochs);
+            log: called with a line per epoch.
 
     Same seed, same data, same thread count -> identical weights on CPU. The global random state is untouched.
     """
@@ -204,7 +205,7 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
                 hits += int((output.argmax(1) == labels).sum())
                 seen += len(labels)
                 if progress:
-                    progress(len(labels))
+                    progress(len(labels), len(trainset) * (epochs - start + 1))
             module.eval()
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(seen, 1),
                                       "train_accuracy": hits / max(seen, 1), "heldout_accuracy": None}
