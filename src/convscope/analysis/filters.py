@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import LayerNotFoundError, suggest
+from ..errors import LayerNotFoundError
 from ..layers import resolve_layer
 from ..models import ModelSpec, load
 from ..render.grids import FilterNorm, filter_matrix, filter_tiles
@@ -138,8 +138,9 @@ def filters(model: ModelSpec | nn.Module | str, layer: str | nn.Module | None = 
         layer = convs[0]
     name, module = resolve_layer(spec.module, layer)
     if not isinstance(module, nn.Conv2d):
+        listed = ", ".join(repr(c) for c in convs[:6]) + (f", ... ({len(convs)} in all)" if len(convs) > 6 else "")
         raise LayerNotFoundError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d; filters are drawn for "
-                                 f"convolutions.{suggest(name, convs) or ' Conv2d layers: ' + ', '.join(convs[:8])}")
+                                 f"convolutions: {listed or 'this model has none'}")
     weights = module.weight.detach().to("cpu", torch.float32).clone()
     input_space = module.in_channels == spec.channels and spec.channels in (1, 3) and module.groups == 1
     recipe = Recipe(kind="filters", model=spec.describe(), params={"layer": name})
