@@ -1,0 +1,296 @@
+"""Attribution speed and memory: convscope against Captum on the same model and inputs, in one run on one machine.
+
+Model: torchvision resnet18, random weights (seed 0; speed does not depend on the weights), inputs: scikit-image
+photos resized to 224x224 and normalized with the ImageNet statistics. Targets: each input's predicted class.
+
+Cases (ours vs Captum, the same settings on both sides):
+- saliency, guided backprop, Grad-CAM (layer4, upsampled bilinearly to 224): batch 8;
+- Integrated Gradients: 50 Gauss-Legendre steps, zero baseline, batch 2, 50 path points per pass on both sides;
+- occlusion: one image, 16x16 window, stride 8 (27 x 27 = 729 occluded images), baseline 0, the logit; Captum with
+  its default `perturbations_per_eval=1` and with 32 (our batch size); ours with the incremental engine, and ours
+  without it (`incremental=False`: the same batches through the unchanged model) to show where the speed comes from.
+
+Method: `torch.set_num_threads(--threads)` (default 1: on a shared machine two threads spend much of their time
+waiting for each other) for both tools; one warm-up call each, then `--repeats` calls interleaved ours/Captum so load
+changes hit both alike; the median of wall-clock and of CPU time (`time.process_time`, which other processes' load
+does not inflate) is reported, with ratios ours / Captum. Outputs are compared (max abs difference, and relative to
+the largest |value|) on the first timed call.
+
+Memory: each case runs once more in a fresh subprocess; we report how much the process's peak resident memory grows
+during that one call (`VmHWM` reset through `/proc/self/clear_refs` after loading the model and inputs; falls back
+to `ru_maxrss` growth). It counts everything the call touches (activations, autograd graph, allocator caches), not
+tensors alone. `tracemalloc` cannot see PyTorch's CPU allocations, so it is not used.
+
+    python -m bench.attribution                 # everything, 3 repeats
+    python -m bench.attribution --cases occlusion --repeats 2
+    python -m bench.attribution --quick         # smoke test: small inputs, one repeat, no memory runs
+    python -m bench.attribution --json --save   # machine-readable; write bench/results/attribution.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "camera", "hubble_deep_field", "retina")
+RESULTS = Path(__file__).parent / "results" / "attribution.json"
+
+
+def setting(quick: bool) -> dict:
+    return {"size": 64 if quick else 224, "batch": 2 if quick else 8, "ig_batch": 1 if quick else 2,
+            "ig_steps": 8 if quick else 50, "window": 8 if quick else 16, "stride": 4 if quick else 8,
+            "occlusion_batch": 32}
+
+
+def model_and_inputs(size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    import numpy as np
+    import torchvision
+    from skimage import data, transform
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    images = []
+    for name in (PHOTOS * 2)[:batch]:
+        img = np.asarray(getattr(data, name)(), dtype=np.float64)
+        img = img / 255.0 if img.max() > 1 else img
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        img = transform.resize(img[..., :3], (size, size), anti_aliasing=True)
+        images.append(torch.from_numpy(img).permute(2, 0, 1).float())
+    x = torch.stack(images)
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return model, x
+
+
+def _ours(name: str) -> Callable | None:
+    try:
+        import convscope.attribution as A
+    except ImportError:  # pragma: no cover
+        return None
+    if name == "occlusion" and not hasattr(A, "occlusion"):
+        from convscope.attribution.occlusion import occlusion
+
+        return occlusion
+    return getattr(A, name, None)
+
+
+def cases(model: torch.nn.Module, x: torch.Tensor, s: dict) -> dict[str, tuple[Callable | None, Callable]]:
+    """name -> (ours() -> tensor or None if not available, captum() -> tensor), the same inputs and settings."""
+    from captum.attr import (GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion,
+                             Saliency)
+
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    xb = x[: s["batch"]]
+    xi = x[: s["ig_batch"]]
+    x1 = x[:1]
+    w, st = s["window"], s["stride"]
+
+    def wrap(name: str, call: Callable) -> Callable | None:
+        fn = _ours(name)
+        return None if fn is None else (lambda: call(fn))
+
+    def captum_gradcam():
+        cam = LayerGradCam(model, model.layer4).attribute(xb, target[: len(xb)], relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(xb.shape[2:]), "bilinear")
+
+    def captum_occlusion(per_eval: int):
+        return lambda: Occlusion(model).attribute(x1, target=target[0], sliding_window_shapes=(3, w, w),
+                                                  strides=(3, st, st), baselines=0.0,
+                                                  perturbations_per_eval=per_eval)
+
+    occ = dict(window=w, stride=st, baseline=0.0, score="logit", batch_size=s["occlusion_batch"])
+    return {
+        "saliency": (wrap("saliency", lambda f: f(model, xb, target[: len(xb)]).attributions.abs()),
+                     lambda: Saliency(model).attribute(xb, target[: len(xb)], abs=True)),
+        "guided": (wrap("guided_backprop", lambda f: f(model, xb, target[: len(xb)]).attributions),
+                   lambda: GuidedBackprop(model).attribute(xb, target[: len(xb)])),
+        "gradcam": (wrap("gradcam", lambda f: f(model, xb, target[: len(xb)], layer="layer4").attributions),
+                    captum_gradcam),
+        "ig": (wrap("integrated_gradients",
+                    lambda f: f(model, xi, target[: len(xi)], baseline=0.0, steps=s["ig_steps"],
+                                internal_batch_size=50).attributions),
+               lambda: IntegratedGradients(model).attribute(xi, baselines=0.0, target=target[: len(xi)],
+                                                            n_steps=s["ig_steps"], internal_batch_size=50)),
+        "occlusion": (wrap("occlusion", lambda f: f(model, x1, target[0], **occ).attributions),
+                      captum_occlusion(1)),
+        "occlusion/captum-batched": (wrap("occlusion", lambda f: f(model, x1, target[0], **occ).attributions),
+                                     captum_occlusion(s["occlusion_batch"])),
+        "occlusion/ours-plain": (wrap("occlusion", lambda f: f(model, x1, target[0], **occ,
+                                                               incremental=False).attributions),
+                                 captum_occlusion(s["occlusion_batch"])),
+    }
+
+
+# Targets from the brief: gradient methods no slower than Captum; occlusion at least 3x faster at equal output.
+LIMITS = {"saliency": 1.05, "guided": 1.05, "gradcam": 1.05, "ig": 1.05, "occlusion": 1 / 3,
+          "occlusion/captum-batched": 1 / 3}
+OCCLUSION_TOL = 1e-4
+
+
+def _timed(fn: Callable) -> tuple[float, float, torch.Tensor]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def measure(name: str, ours: Callable | None, captum: Callable, repeats: int) -> dict:
+    row: dict = {"case": name}
+    if ours is None:
+        row["status"] = "not available"
+        return row
+    ours(), captum()  # warm-up
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "captum": []}
+    outputs = {}
+    for _ in range(repeats):
+        for side, fn in (("ours", ours), ("captum", captum)):
+            wall, cpu, out = _timed(fn)
+            times[side].append((wall, cpu))
+            outputs.setdefault(side, out.detach())
+    for side in times:
+        row[f"{side}_wall_s"] = statistics.median(t[0] for t in times[side])
+        row[f"{side}_cpu_s"] = statistics.median(t[1] for t in times[side])
+    row["ratio_wall"] = row["ours_wall_s"] / row["captum_wall_s"]
+    row["ratio_cpu"] = row["ours_cpu_s"] / row["captum_cpu_s"]
+    diff = (outputs["ours"] - outputs["captum"]).abs().max().item()
+    row["max_abs_diff"] = diff
+    row["rel_diff"] = diff / max(outputs["captum"].abs().max().item(), 1e-30)
+    limit = LIMITS.get(name)
+    if limit is not None:
+        row["limit"] = limit
+        equal = diff <= OCCLUSION_TOL if name.startswith("occlusion") else row["rel_diff"] < 1e-4
+        row["met"] = bool(row["ratio_cpu"] <= limit and equal)
+    row["status"] = "ok"
+    return row
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def peak_growth_mb(fn: Callable) -> tuple[float, str]:
+    """Peak resident memory growth (MB) during `fn()` in this process, and how it was measured."""
+    try:
+        before = _rss_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # reset VmHWM (the peak) to the current RSS
+        fn()
+        return (_rss_kb("VmHWM") - before) / 1024, "VmHWM"
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "ru_maxrss"
+
+
+def child(case: str, side: str, quick: bool, threads: int) -> None:
+    torch.set_num_threads(threads)
+    s = setting(quick)
+    model, x = model_and_inputs(s["size"], s["batch"])
+    ours, captum = cases(model, x, s)[case]
+    fn = ours if side == "ours" else captum
+    mb, how = peak_growth_mb(fn) if fn is not None else (float("nan"), "n/a")
+    print(json.dumps({"peak_mb": mb, "how": how}))
+
+
+def memory(case: str, side: str, quick: bool, threads: int) -> float | None:
+    command = [sys.executable, "-m", "bench.attribution", "--child", case, side, "--threads", str(threads)]
+    if quick:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
+def _table(rows: list[dict]) -> str:
+    head = (f"{'case':26s} {'ours s':>8s} {'captum s':>9s} {'ratio(cpu)':>10s} {'ratio(wall)':>11s} "
+            f"{'max|diff|':>10s} {'rel diff':>9s} {'ours MB':>8s} {'captum MB':>9s}  target")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"{r['case']:26s} {r.get('status')}")
+            continue
+        mem = [f"{r[k]:8.0f}" if isinstance(r.get(k), (int, float)) else f"{'-':>8s}"
+               for k in ("ours_peak_mb", "captum_peak_mb")]
+        goal = ""
+        if "limit" in r:
+            goal = f"<= {r['limit']:.3g} {'met' if r['met'] else 'NOT met'}"
+        lines.append(f"{r['case']:26s} {r['ours_cpu_s']:8.2f} {r['captum_cpu_s']:9.2f} {r['ratio_cpu']:10.3f} "
+                     f"{r['ratio_wall']:11.3f} {r['max_abs_diff']:10.2e} {r['rel_diff']:9.2e} {mem[0]} "
+                     f"{mem[1]:>9s}  {goal}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.attribution", description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default=None, help="comma-separated subset of: saliency, guided, gradcam, ig, "
+                                                        "occlusion, occlusion/captum-batched, occlusion/ours-plain")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per tool; the median is reported")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both tools")
+    parser.add_argument("--quick", action="store_true", help="small inputs, 1 repeat, no memory runs")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--save", action="store_true", help="also write bench/results/attribution.json")
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], args.quick, args.threads)
+        return 0
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    s = setting(args.quick)
+    model, x = model_and_inputs(s["size"], s["batch"])
+    all_cases = cases(model, x, s)
+    names = args.cases.split(",") if args.cases else list(all_cases)
+    unknown = [n for n in names if n not in all_cases]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(all_cases)}")
+    repeats = 1 if args.quick else args.repeats
+    load_start = os.getloadavg()
+    rows = []
+    for name in names:
+        ours, captum = all_cases[name]
+        row = measure(name, ours, captum, repeats)
+        if row["status"] == "ok" and not (args.quick or args.no_memory):
+            row["ours_peak_mb"] = memory(name, "ours", args.quick, args.threads)
+            row["captum_peak_mb"] = memory(name, "captum", args.quick, args.threads)
+        rows.append(row)
+        if not args.json:
+            print(_table([row]).splitlines()[-1] if len(rows) > 1 else _table([row]), flush=True)
+    payload = {"benchmark": "attribution", "model": "torchvision resnet18 (random weights)", "setting": s,
+               "threads": args.threads, "repeats": repeats, "torch": torch.__version__,
+               "python": platform.python_version(), "cpus": os.cpu_count(),
+               "load_average": {"start": load_start, "end": os.getloadavg()},
+               "memory": "peak RSS growth during one call in a fresh process (VmHWM after a reset), MB",
+               "ratios": "ours / Captum: median CPU time (process_time) and wall time", "rows": rows}
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2)
+        print()
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
