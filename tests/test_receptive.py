@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from convscope.errors import AmbiguousLayerError, LayerNotFoundError
+from convscope.errors import AmbiguousLayerError, ConvscopeError, LayerNotFoundError
 from convscope.hooks import hook_count
 from convscope.receptive import receptive_field, receptive_fields
 
@@ -156,4 +156,30 @@ def test_model_left_as_found_after_measuring():
     assert grads == [p.requires_grad for p in model.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     assert all(p.dtype == torch.float32 and p.grad is None for p in model.parameters())
+    assert hook_count(model) == 0
+
+
+class DataDependent(nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 1e9:
+            y = -y
+        return self.pool(y)
+
+
+def test_untraceable_model_is_measured_and_says_so():
+    model = DataDependent().double()
+    fields = receptive_fields(model, input_size=(20, 20))
+    assert fields["conv"].method == "measured" and "torch.fx" in fields["conv"].note
+    assert (fields["conv"].size, fields["conv"].stride, fields["conv"].offset) == ((3, 3), (1, 1), (0, 0))
+    assert fields["pool"].size == (4, 4) and fields["pool"].stride == (2, 2)
+    with pytest.raises(ConvscopeError, match="method='measured'"):
+        receptive_fields(model, input_size=(20, 20), method="analytic")
     assert hook_count(model) == 0

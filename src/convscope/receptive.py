@@ -172,8 +172,8 @@ def _box(grad: torch.Tensor) -> list[tuple[int, int]] | None:
 def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[str], *, samples: int, seed: int,
              notes: dict[str, str]) -> dict[str, ReceptiveField]:
     """Gradient-measured fields of `names` (tensor outputs laid out (B, C, *spatial)): one forward pass, one
-    backward per layer. The batch holds the same random inputs once per unit probed: the centre unit, and for
-    each axis the unit one step further, whose box's shift is the stride."""
+    backward per layer. The batch holds the random inputs for the centre unit and, per axis, one input for the
+    unit one step further along it, whose box's shift is the stride."""
     shapes = {name: shape for name, _, _, shape in calls}
     names = [n for n in names if shapes.get(n) is not None]
     if not names:
@@ -185,9 +185,10 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
         work, dtype = module, example.dtype
     generator = torch.Generator().manual_seed(seed)
     spatial = tuple(example.shape[2:])
-    groups = 1 + len(spatial)
     base = torch.randn((samples, *example.shape[1:]), generator=generator, dtype=dtype)
-    x = base.repeat(groups, *([1] * (base.ndim - 1))).to(example.device).requires_grad_(True)
+    # batch: all samples for the centre unit, then the first sample once per axis for the shifted unit
+    x = torch.cat([base] + [base[:1]] * len(spatial)).to(example.device).requires_grad_(True)
+    slices = [slice(0, samples)] + [slice(samples + a, samples + a + 1) for a in range(len(spatial))]
     out: dict[str, ReceptiveField] = {}
     with frozen(work), capture(work, names, detach=False) as cap:
         work(x)
@@ -199,12 +200,13 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
             centre = [n // 2 for n in y.shape[2:]] if has_space else []
             units = [centre] + [[c + (a == axis) for a, c in enumerate(centre)] for axis in range(len(centre))]
             score = y.sum() if not has_space else sum(
-                y[(slice(g * samples, (g + 1) * samples), slice(None), *unit)].sum()
-                for g, unit in enumerate(units) if all(u < n for u, n in zip(unit, y.shape[2:])))
+                y[(rows, slice(None), *unit)].sum()
+                for rows, unit in zip(slices, units) if all(u < n for u, n in zip(unit, y.shape[2:])))
             (grad,) = torch.autograd.grad(score, x, retain_graph=True, allow_unused=True)
             if grad is None:
                 continue
-            boxes = [_box(grad[g * samples:(g + 1) * samples]) for g in range(groups)]
+            boxes = [_box(grad[rows]) for rows in slices]
+            first = _box(grad[:1])  # the centre unit on the input the shifted units saw
             if boxes[0] is None:
                 continue
             sizes, offsets, strides, clipped = [], [], [], False
@@ -217,10 +219,10 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
                     offsets.append(lo)
                     continue
                 shifted = boxes[1 + axis]
-                if shifted is not None and not low_clip and shifted[axis][0] > 0:
-                    stride = shifted[axis][0] - lo
-                elif shifted is not None and not high_clip and shifted[axis][1] < n_in - 1:
-                    stride = shifted[axis][1] - hi
+                if shifted is not None and first is not None and first[axis][0] > 0 and shifted[axis][0] > 0:
+                    stride = shifted[axis][0] - first[axis][0]
+                elif shifted is not None and first is not None and max(first[axis][1], shifted[axis][1]) < n_in - 1:
+                    stride = shifted[axis][1] - first[axis][1]
                 else:  # both sides clipped or no neighbour: estimate from the size ratio
                     stride = max(1, round(n_in / y.shape[2 + axis]))
                 strides.append(stride)
