@@ -146,11 +146,11 @@ def test_tangent_directions_are_orthogonal_to_the_gradient():
     model = _tiny()
     x = torch.rand(1, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.8 + 0.1
     result = invariances(_spec(model, 6), "3:1", optimum=x, k=2, iterations=20, beta=4.0, margin=0)
-    smooth = _softplus_copy(model, 4.0)
-    pixels = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(smooth(pixels)[0, 1].mean(), pixels)
-    assert torch.allclose(result.eigenvectors.flatten(1) @ grad.flatten(), torch.zeros(4, dtype=torch.float64),
-                          atol=1e-10)
+    for network in (_softplus_copy(model, 4.0), model):  # the surrogate's gradient and the real network's
+        pixels = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(network(pixels)[0, 1].mean(), pixels)
+        assert torch.allclose(result.eigenvectors.flatten(1) @ grad.flatten(), torch.zeros(4, dtype=torch.float64),
+                              atol=1e-10)
 
 
 def _small_cnn() -> ModelSpec:
@@ -176,14 +176,26 @@ def test_flattest_directions_change_the_activation_less():
     assert result.to_image().height > 6 * 16
 
 
-def test_saturated_pixels_stay_fixed():
+@pytest.mark.parametrize("resolution", [None, 12])
+def test_saturated_pixels_stay_fixed(resolution):
     spec = _small_cnn()
     optimum = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(6)) * 0.8 + 0.1
     optimum[..., :4, :] = 1.0  # pushed against the box: held by the constraint, not free
-    result = invariances(spec, "3:2", k=2, optimum=optimum)
+    result = invariances(spec, "3:2", k=2, optimum=optimum, resolution=resolution)
     assert torch.equal(result.eigenvectors[..., :4, :], torch.zeros(4, 1, 4, 16))
     assert torch.equal(result.strips[..., :4, :], torch.ones(4, 5, 1, 4, 16))
-    assert result.recipe.params["free_pixels"] == 12 * 16
+    if resolution is None:
+        assert result.recipe.params["free_coordinates"] == 12 * 16
+
+
+def test_block_directions_are_constant_on_blocks():
+    spec = _small_cnn()
+    optimum = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(7)) * 0.8 + 0.1
+    result = invariances(spec, "3:2", k=2, optimum=optimum, resolution=4)
+    blocks = result.eigenvectors.view(4, 1, 4, 4, 4, 4)  # (direction, C, block row, row, block col, col)
+    assert torch.allclose(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))
+    flat = result.eigenvectors.flatten(1)
+    assert torch.allclose(flat @ flat.T, torch.eye(4), atol=1e-5)
 
 
 def test_invariances_same_seed_same_output():

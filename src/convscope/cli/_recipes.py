@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     inv.add_argument("--steps", type=int, default=256, help="render steps for the optimum (default 256)")
     inv.add_argument("--iterations", type=int, default=None, help="Lanczos iterations (default max(6k, 24))")
     inv.add_argument("--beta", type=float, default=10.0, help="softplus sharpness of the ReLU surrogate (default 10)")
-    inv.add_argument("--radius", type=float, default=0.05, help="RMS pixel change at the strip ends (default 0.05)")
+    inv.add_argument("--radius", type=float, default=0.03, help="RMS pixel change at the strip ends (default 0.03)")
+    inv.add_argument("--resolution", type=int, default=12, help="directions constant on this grid of blocks per "
+                                                                "channel (default 12; 0 = every pixel)")
     inv.add_argument("--points", type=int, default=5, help="images per strip (default 5)")
     _output(inv, "invariances.png")
     inv.set_defaults(handler=run_invariances)
@@ -115,7 +117,7 @@ def run_invert(args: argparse.Namespace) -> int:
 
 
 def run_adversarial(args: argparse.Namespace) -> int:
-    from ..featvis.adversarial import adversarial
+    from ..featvis.adversarial import _eps_text, adversarial
 
     spec = load_spec(args)
     result = adversarial(spec, args.image, args.target, eps=args.eps, method=args.method, steps=args.steps,
@@ -130,7 +132,7 @@ def run_adversarial(args: argparse.Namespace) -> int:
                     "after": rows(after), "linf": float(result.perturbation.abs().max()),
                     "recipe": result.recipe.to_dict()})
     else:
-        print(f"{args.method.upper()} eps={args.eps:.4g}: "
+        print(f"{args.method.upper()} eps={_eps_text(args.eps)}: "
               f"{before[0][1]} ({before[0][2]:.1%}) -> {after[0][1]} ({after[0][2]:.1%}); "
               f"{'success' if bool(result.success[0]) else 'no success'}; wrote {path}")
     return 0
@@ -141,7 +143,8 @@ def run_invariances(args: argparse.Namespace) -> int:
 
     spec = load_spec(args)
     result = invariances(spec, _unit(args), k=args.k, steps=args.steps, iterations=args.iterations,
-                         beta=args.beta, radius=args.radius, points=args.points, seed=args.seed)
+                         beta=args.beta, radius=args.radius, points=args.points, seed=args.seed,
+                         resolution=args.resolution or None)
     path = result.save(args.output)
     change = result.change()
     if args.json:
