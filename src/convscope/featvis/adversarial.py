@@ -98,8 +98,10 @@ class Adversarial(ResultMixin):
                     tiles[i] = label(tiles[i], line, size=12)
             rows.append(grid(tiles, columns=3, pad=4))
         method = self.recipe.params["method"].upper()
-        goal = (f"targeted -> {self._name(int(self.target[0]))}" if self.target is not None
-                else f"untargeted, away from {self._name(int(self.label[0]))}")
+        classes = self.target if self.target is not None else self.label
+        same = bool((classes == classes[0]).all())
+        which = self._name(int(classes[0])) if same else "a class per image"
+        goal = f"targeted -> {which}" if self.target is not None else f"untargeted, away from {which}"
         title = f"{method} eps={_eps_text(self.recipe.params['eps'])}, {goal}"
         return label(grid(rows, columns=1, pad=0), title, size=13, where="top")
 
