@@ -24,6 +24,7 @@ from ._rules import Rectifiers
 from .cam import default_layer, gradcam, guided_gradcam
 from .gradients import deconvnet, guided_backprop, saliency
 from .integrated import integrated_gradients
+from .occlusion import occlusion
 from .smoothgrad import smoothgrad
 
 METHODS: dict[str, Callable[..., Attribution]] = {
@@ -34,6 +35,7 @@ METHODS: dict[str, Callable[..., Attribution]] = {
     "guided-gradcam": guided_gradcam,
     "smoothgrad": smoothgrad,
     "ig": integrated_gradients,
+    "occlusion": occlusion,
 }
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
     "integrated_gradients",
+    "occlusion",
     "saliency",
     "smoothgrad",
 ]

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the time per image.")
     add_model_args(evaluate)
     evaluate.add_argument("--data", required=True, help="fashion-mnist, mnist, an image folder, a .npz or IDX file")
-    evaluate.add_argument("--methods", default="saliency,deconvnet,guided,gradcam,guided-gradcam,smoothgrad,ig",
+    evaluate.add_argument("--methods", default=",".join(NAMES),
                           help=f"comma-separated, from {','.join(NAMES)}")
     evaluate.add_argument("--limit", type=int, default=16, help="images to evaluate (default 16)")
     evaluate.add_argument("--randomize-limit", type=int, default=4,
@@ -58,6 +58,8 @@ def _add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default 32)")
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default 25)")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise level (default 0.15)")
+    parser.add_argument("--window", type=int, default=None, help="occlusion window in pixels (default 16)")
+    parser.add_argument("--stride", type=int, default=None, help="occlusion stride in pixels (default 8)")
     parser.add_argument("--curve-steps", type=int, default=20, help="deletion/insertion steps (default 20)")
 
 
@@ -70,11 +72,6 @@ def _target(text: str | None) -> Any:
 def _method(name: str):
     from .. import attribution
 
-    if name == "occlusion":
-        function = getattr(attribution, "occlusion", None)
-        if function is None:
-            raise OptionError("occlusion is not available in this build of convscope")
-        return function
     if name not in attribution.METHODS:
         raise OptionError(f"unknown method {name!r}; choose from {', '.join(NAMES)}")
     return attribution.METHODS[name]
@@ -88,6 +85,8 @@ def _options(name: str, args: argparse.Namespace, batch: int) -> dict[str, Any]:
                 "batch_size": max(batch, 32)}
     if name == "ig":
         return {"steps": args.steps, "internal_batch_size": max(batch, 32)}
+    if name == "occlusion":
+        return {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
     return {}
 
 
@@ -123,7 +122,7 @@ def run_attribute(args: argparse.Namespace) -> int:
 
     spec = load_spec(args)
     x = torch.cat([spec.preprocess(path) for path in args.images])
-    names = [n for n in NAMES if n != "occlusion" or _has_occlusion()] if args.method == "all" else [args.method]
+    names = list(NAMES) if args.method == "all" else [args.method]
     results = {name: _run(name, spec, x, args) for name in names}
     scores: dict[str, dict[str, list[float]]] = {}
     if not args.no_eval:
@@ -166,12 +165,6 @@ def run_attribute(args: argparse.Namespace) -> int:
     if args.output:
         print(f"wrote {args.output}")
     return 0
-
-
-def _has_occlusion() -> bool:
-    from .. import attribution
-
-    return hasattr(attribution, "occlusion")
 
 
 def _save_npz(path: str, results: dict) -> None:
