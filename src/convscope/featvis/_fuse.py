@@ -68,7 +68,10 @@ def fusions(model: nn.Module, probe: torch.Tensor, layers: Sequence[str], *, tol
     keep = {hooks.split_call(name)[0] for name in layers}
     if model.training:
         return {}
-    pairs = _pairs(model, probe, keep)
+    try:
+        pairs = _pairs(model, probe, keep)
+    except RuntimeError:  # the model does not run on the probe: no fusion (render reports its own errors)
+        return {}
     if not pairs:
         return {}
     modules = dict(model.named_modules())

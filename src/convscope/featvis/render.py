@@ -116,11 +116,11 @@ def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=antialias).clamp(0, 1)
 
 
-def _transforms(value: Any) -> Transforms:
+def _transforms(value: Any, size: tuple[int, int]) -> Transforms:
     if value is None or value is False or value == "none":
         return Transforms([])
     if isinstance(value, str) and value == "standard":
-        return standard_transforms()
+        return standard_transforms(size)
     if isinstance(value, Transforms):
         return value
     if isinstance(value, Transform):
@@ -341,7 +341,7 @@ def render(
     if (projections or optimizer in PIXELS_ONLY) and not pixel_space:
         what = f"optimizer {optimizer!r}" if optimizer in PIXELS_ONLY else f"{type(projections[0]).__name__}"
         raise ConvscopeError(f"{what} acts on pixels: use param='pixel'")
-    chain = _transforms(transforms)
+    chain = _transforms(transforms, sizes[0])
     if isinstance(param, Parameterization):
         n = param.shape[0]
     else:
@@ -364,7 +364,8 @@ def render(
     with contextlib.ExitStack() as stack:
         stack.enter_context(hooks.frozen(module))
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
-        folded = fusions(module, probe, objective.layers) if fuse else {}
+        native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
+        folded = fusions(module, native, objective.layers) if fuse else {}
         stack.enter_context(hooks.swap_modules(module, folded))
         cap = stack.enter_context(hooks.capture(module, layers, detach=False, stop=OUTPUT not in objective.layers))
         run = _Runner(spec, objective, cap)

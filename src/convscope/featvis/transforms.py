@@ -5,7 +5,8 @@ Each piece (`pad`, `jitter`, `scale`, `rotate`) is an affine map drawn per batch
 (bilinear), so a chain of five pieces costs one interpolation and the output keeps the input's size. Areas outside
 the image read as `fill` (grey 0.5 by default, as Lucid's constant padding).
 
-`standard_transforms()` is Lucid's chain: pad 12, jitter 8, scale 0.9..1.1, rotate -10..10 degrees, jitter 4.
+`standard_transforms()` is Lucid's chain: pad 12, jitter 8, scale 0.9..1.1, rotate -10..10 degrees, jitter 4
+(pixel amounts scaled down for images under 128 pixels).
 """
 
 from __future__ import annotations
@@ -116,9 +117,13 @@ class Transforms:
         return [str(p) for p in self.pieces]
 
 
-def standard_transforms() -> Transforms:
-    """Lucid's standard chain: pad(12), jitter(8), scale(0.9..1.1), rotate(-10..10), jitter(4)."""
-    return Transforms([pad(12), jitter(8), scale(), rotate(), jitter(4)])
+def standard_transforms(size: tuple[int, int] | None = None) -> Transforms:
+    """Lucid's standard chain: pad(12), jitter(8), scale(0.9..1.1), rotate(-10..10), jitter(4), for images of at
+    least 128 pixels; for smaller images (`size`) the pixel amounts shrink in proportion (a 28-pixel image gets
+    pad 3, jitter 2 and 1), so the chain moves the image as much relative to its size."""
+    f = 1.0 if size is None else min(1.0, min(size) / 128.0)
+    return Transforms([pad(round(12 * f)), jitter(max(1, round(8 * f))), scale(), rotate(),
+                       jitter(max(1, round(4 * f)))])
 
 
 def no_transforms() -> Transforms:
