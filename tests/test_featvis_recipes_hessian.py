@@ -173,6 +173,7 @@ def test_flattest_directions_change_the_activation_less():
     assert module.training and hook_count(module) == 0
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     assert result.recipe.params["surrogate"].startswith("softplus")
+    assert result.trace.shape == (48,) and result.trace[-8:].mean() > result.trace[:8].mean()
     assert result.to_image().height > 6 * 16
 
 

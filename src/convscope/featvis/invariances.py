@@ -170,6 +170,7 @@ class Invariances(ResultMixin):
         strips: (2k, P, C, H, W) optimum + offset * sqrt(C H W) * eigenvector, clipped to [0, 1].
         activations: (2k, P) the real network's activation of the unit for each strip image.
         surrogate_activations: (2k, P) the same under the smooth surrogate (what the Hessian describes).
+        trace: (steps,) the objective along the render that found the optimum (None when `optimum` was given).
         recipe: model, unit, k, iterations, beta, tangent, radius, seed, the render recipe, versions.
     """
 
@@ -183,6 +184,7 @@ class Invariances(ResultMixin):
     strips: torch.Tensor
     activations: torch.Tensor
     surrogate_activations: torch.Tensor
+    trace: torch.Tensor | None
     recipe: Recipe
 
     def change(self) -> torch.Tensor:
@@ -286,13 +288,13 @@ def _orthonormal(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int, options: dict[str, Any]
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+                    ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     from .render import render
 
     # No random transforms by default: the Hessian is taken at an optimum of the plain objective, not of its
     # average over jitter/scale/rotation (which, on small inputs, can sit far from any optimum of the plain one).
     vis = render(spec, str(unit), steps=steps, seed=seed, **{"transforms": None, **options})
-    return vis.images[:1].detach(), vis.recipe.params
+    return vis.images[:1].detach(), vis.recipe.params, vis.trace[:, 0].detach().cpu()
 
 
 def invariances(
@@ -347,13 +349,13 @@ def invariances(
     iterations = max(6 * k, 24) if iterations is None else iterations
     check_option("iterations", iterations, low=2 * k)
     objective = as_objective(str(unit))
-    render_params = None
+    render_params, trace = None, None
     with frozen(spec.module):
         with torch.no_grad(), capture(spec.module, unit.layer, stop=True) as cap:  # checks layer and unit first
             cap.run(spec.example_input())
             objective.check({unit.layer: cap[unit.layer].shape})
         if optimum is None:
-            optimum, render_params = _render_optimum(spec, unit, steps, seed, render_options or {})
+            optimum, render_params, trace = _render_optimum(spec, unit, steps, seed, render_options or {})
         optimum = optimum.detach().to(spec.device, spec.dtype)
         optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
         if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
@@ -436,5 +438,6 @@ def invariances(
         strips=strips.detach(),
         activations=real.detach().cpu(),
         surrogate_activations=smooth.detach().cpu(),
+        trace=trace,
         recipe=recipe,
     )
