@@ -183,3 +183,16 @@ def test_untraceable_model_is_measured_and_says_so():
     with pytest.raises(ConvscopeError, match="method='measured'"):
         receptive_fields(model, input_size=(20, 20), method="analytic")
     assert hook_count(model) == 0
+
+
+@pytest.mark.slow
+def test_analytic_equals_measured_on_mobilenet_v2():
+    """Depthwise convs, ReLU6, residual adds: the traced rules agree with gradients on a real architecture."""
+    model = torchvision.models.mobilenet_v2()
+    layers = ["features.1", "features.3", "features.5"]
+    analytic = receptive_fields(model, layers=layers, input_size=(48, 48))
+    measured = receptive_fields(model, layers=layers, input_size=(48, 48), method="measured")
+    for name in layers:
+        a, m = analytic[name], measured[name]
+        assert (a.size, a.stride, a.offset) == (m.size, m.stride, m.offset), name
+        assert a.method == "analytic" and m.method == "measured" and not m.note

@@ -228,11 +228,9 @@ class _Propagator(fx.Interpreter):
             if isinstance(x, torch.Tensor) and isinstance(result, torch.Tensor) and result.shape != x.shape:
                 return self._union([(first, state)], values, result)
             return state
-        if name in _SPLIT:
-            default = 0
-            dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else default)
-            if name == "unbind":
-                dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
+        if name in _SPLIT:  # chunk(x, n, dim) / split(x, size, dim) / unbind(x, dim)
+            where = 1 if name == "unbind" else 2
+            dim = n.kwargs.get("dim", n.args[where] if len(n.args) > where else 0)
             if dim % x.ndim in _spatial_dims(state, x.ndim):
                 raise _Stop(f"{name} along a spatial axis")
             return state
