@@ -161,7 +161,7 @@ def save_safetensors(module: nn.Module | Mapping[str, torch.Tensor], path: str |
 
     `dtype=torch.float16` halves the file; floating tensors are converted, integer buffers kept.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
     tensors = {}
@@ -174,6 +174,6 @@ def save_safetensors(module: nn.Module | Mapping[str, torch.Tensor], path: str |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=strings)
+    tmp.write_bytes(save(tensors, metadata=strings))  # (save_file would create the file private, mode 0600)
     tmp.replace(path)  # atomic: a killed run never leaves a half-written model file
     return path
