@@ -219,3 +219,16 @@ def test_resolve_named_dataset_in_torchvision_layout_and_failed_download(tmp_pat
 def test_resolve_unknown_name_suggests():
     with pytest.raises(DatasetError, match="fashion-mnist"):
         cdata.resolve("fashion-mnis")
+
+
+def test_idx_file_and_idx_folder_paths(tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (4, 6, 6), dtype=np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.array([3, 1, 2, 0], np.uint8))))
+    by_file = cdata.resolve(tmp_path / "t10k-images-idx3-ubyte.gz")
+    by_folder = cdata.resolve(tmp_path, split="test")
+    for data in (by_file, by_folder):
+        assert len(data) == 4 and data.labels.tolist() == [3, 1, 2, 0] and data.channels == 1
+        torch.testing.assert_close(data.load(2)[0], torch.from_numpy(images[2]).float() / 255)
+    with pytest.raises(DatasetError, match="IDX files for the 'test' split but none for 'train'"):
+        cdata.resolve(tmp_path, split="train")

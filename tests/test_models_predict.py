@@ -80,3 +80,14 @@ def test_evaluate_maps_dataset_classes_to_model_classes_by_name():
     stranger = ArrayDataset(data.images, data.labels, classes=["ant", "bee", "cat", "emu"])
     with pytest.raises(DatasetError, match="emu"):
         evaluate(spec, stranger)
+
+
+def test_n_channel_models_are_first_class():
+    from convscope.models import load
+
+    spec = load("convscope:cnn4,channels=4,num_classes=3,size=16")
+    rng = np.random.default_rng(5)
+    data = ArrayDataset(rng.random((10, 16, 16, 4)).astype(np.float32), rng.integers(0, 3, 10))
+    result = evaluate(spec, data, batch_size=4)
+    assert result.count == 10 and spec.mean == (0.5,) * 4
+    assert predict(spec, torch.rand(2, 4, 16, 16)).probs.shape == (2, 3)

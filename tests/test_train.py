@@ -129,7 +129,8 @@ def test_cli_train_then_predict_without_arch(tmp_path, capsys):
     assert (tmp_path / "m.epoch1.safetensors").is_file()
     _, metadata = read_safetensors(out)
     assert metadata["command"].startswith("convscope train small-cnn-s2 --data ")
-    assert "--epochs 2" in metadata["command"] and "--size 28 28" in metadata["command"] and metadata["arch"].startswith("convscope:small-cnn-s2,")
+    assert "--epochs 2" in metadata["command"] and "--size 28 28" in metadata["command"]
+    assert metadata["arch"].startswith("convscope:small-cnn-s2,")
     Image.fromarray(images[0]).save(tmp_path / "img.png")
     assert main(["predict", str(out), str(tmp_path / "img.png"), "--json", "--top", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)["predictions"]

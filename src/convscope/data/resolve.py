@@ -151,6 +151,10 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
         found = _find_idx(path, split)
         if found:
             return idx_dataset(*found, name=f"{path}:{split}")
+        other = "test" if split == "train" else "train"
+        if _find_idx(path, other):  # type: ignore[arg-type]
+            raise DatasetError(f"folder {str(path)!r} holds IDX files for the {other!r} split but none for {split!r} "
+                               f"(expected {_SPLIT_PREFIX[split]}-images-idx3-ubyte[.gz])")
         return ImageFolder(path, channels=channels)
     if path.is_file():
         if path.suffix == ".npz":

@@ -167,8 +167,8 @@ def _builtin(rest: str, *, seed: int, text: str) -> ModelSpec:
     mean = entry.mean if same else (0.5,) * channels if entry.mean else None
     std = entry.std if same else (0.5,) * channels if entry.std else None
     names = entry.class_names if entry.class_names and len(entry.class_names) == num_classes else None
-    return ModelSpec(module=module, name=text, channels=channels, input_size=size, mean=mean, std=std,  # type: ignore[arg-type]
-                     class_names=names, source={"model": text, "seed": seed, "weights": None})
+    return ModelSpec(module=module, name=text, channels=channels, input_size=tuple(size),  # type: ignore[arg-type]
+                     mean=mean, std=std, class_names=names, source={"model": text, "seed": seed, "weights": None})
 
 
 def _factory(file: Path, fn: str, opts: str, *, seed: int, text: str) -> ModelSpec:
