@@ -8,7 +8,9 @@ Cases (ours vs Captum, the same settings on both sides):
 - Integrated Gradients: 50 Gauss-Legendre steps, zero baseline, batch 2, 50 path points per pass on both sides;
 - occlusion: one image, 16x16 window, stride 8 (27 x 27 = 729 occluded images), baseline 0, the logit; Captum with
   its default `perturbations_per_eval=1` and with 32 (our batch size); ours with the incremental engine, and ours
-  without it (`incremental=False`: the same batches through the unchanged model) to show where the speed comes from.
+  without it (`incremental=False`: the same batches through the unchanged model), and our engine computing every
+  step on whole maps (no incremental inference, but BatchNorm folded into the convolutions and channels-last
+  memory) to show where the speed comes from.
 
 Method: `torch.set_num_threads(--threads)` (default 1: on a shared machine two threads spend much of their time
 waiting for each other) for both tools; one warm-up call each, then `--repeats` calls interleaved ours/Captum so load
@@ -131,7 +133,22 @@ def cases(model: torch.nn.Module, x: torch.Tensor, s: dict) -> dict[str, tuple[C
         "occlusion/ours-plain": (wrap("occlusion", lambda f: f(model, x1, target[0], **occ,
                                                                incremental=False).attributions),
                                  captum_occlusion(s["occlusion_batch"])),
+        "occlusion/ours-whole-maps": (wrap("occlusion", lambda f: _whole_maps(f, model, x1, target[0], occ)),
+                                      captum_occlusion(s["occlusion_batch"])),
     }
+
+
+def _whole_maps(occlusion: Callable, model: torch.nn.Module, x: torch.Tensor, target: int, options: dict):
+    """Our engine with incremental inference switched off (every step on whole maps, BatchNorm folded,
+    channels-last): what the engine's kernels alone gain over the plain path."""
+    import importlib
+
+    module = importlib.import_module("convscope.attribution.occlusion")  # the module, not the function
+    saved, module.FULL_AT = module.FULL_AT, 0.0
+    try:
+        return occlusion(model, x, target, **options).attributions
+    finally:
+        module.FULL_AT = saved
 
 
 # Targets from the brief: gradient methods no slower than Captum; occlusion at least 3x faster at equal output.
@@ -242,7 +259,8 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.attribution", description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=None, help="comma-separated subset of: saliency, guided, gradcam, ig, "
-                                                        "occlusion, occlusion/captum-batched, occlusion/ours-plain")
+                                                        "occlusion, occlusion/captum-batched, occlusion/ours-plain, "
+                                                        "occlusion/ours-whole-maps")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per tool; the median is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both tools")
     parser.add_argument("--quick", action="store_true", help="small inputs, 1 repeat, no memory runs")

@@ -227,3 +227,34 @@ def test_engine_computes_patches_early_and_whole_maps_late():
     assert conv1.mode == "patch" and conv1.size[0] * conv1.size[1] < 0.05 * 48 * 48
     assert plan.regions["layer1_1_conv2"].mode == "patch"
     assert late.mode == "full"
+
+
+class Inceptionish(nn.Module):
+    """Branches concatenated along channels (a merge), a flatten through `x.view(x.size(0), -1)` (a shape query)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.one = nn.Conv2d(4, 3, 1)
+        self.three = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.ReLU())
+        self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(4, 2, 1))
+        self.head = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.cat([self.one(x), self.three(x), self.pool(x)], dim=1)
+        x = nn.functional.adaptive_max_pool2d(x, 4)
+        return self.head(x.view(x.size(0), -1))
+
+
+def test_engine_handles_concatenation_and_size_queries():
+    torch.manual_seed(0)
+    model = Inceptionish().double().eval()
+    x = torch.randn(1, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    engine = IncrementalEngine.build(model, x)
+    assert "merge" in {s.kind for s in engine.program.steps} and "shape" in {s.kind for s in engine.program.steps}
+    inc = occlusion(model, x, 2, window=5, stride=3, score="logit")
+    plain = occlusion(model, x, 2, window=5, stride=3, score="logit", incremental=False)
+    assert inc.recipe.params["engine"] == "incremental"
+    assert plain.extras["grid"].abs().max() > 0
+    assert torch.allclose(inc.extras["grid"], plain.extras["grid"], atol=1e-12)

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..hooks import capture, split_call
 from ._incremental_gather import clean_table, gather, gather_index, input_index, source_table
-from ._incremental_graph import Program, UnsupportedModel, build_program, fold_batchnorm, run_clean, settle_kinds
+from ._incremental_graph import (Program, UnsupportedModel, build_program, fold_batchnorm, run_clean, settle_kinds,
+                                 standard_layout)
 from ._incremental_plan import BatchPlan, plan_batch
 
 __all__ = ["IncrementalEngine"]
@@ -187,14 +188,15 @@ class _Batch:
                     step.args, lambda n: meta if n.name == dep else values[n.name]), **step.kwargs)
                 continue
             if region is None or region.mode == "full" or kind == "full":
-                args = fx.node.map_arg(step.args, lambda n: self.materialized(name, n.name)
+                plain = standard_layout if kind == "full" else (lambda v: v)
+                args = fx.node.map_arg(step.args, lambda n: plain(self.materialized(name, n.name))
                                        if n.name in step.deps else values[n.name])
-                kwargs = fx.node.map_arg(step.kwargs, lambda n: self.materialized(name, n.name)
+                kwargs = fx.node.map_arg(step.kwargs, lambda n: plain(self.materialized(name, n.name))
                                          if n.name in step.deps else values[n.name])
                 values[name] = step.fn(*args, **kwargs)
             elif kind == "window":
                 values[name] = step.patch_fn(self.slice(name, step.deps[0]))
-            else:  # pointwise or binary on patches
+            else:  # pointwise or merge on patches
                 args = fx.node.map_arg(step.args, lambda n: self.slice(name, n.name) if n.name in step.deps
                                        else values[n.name])
                 kwargs = fx.node.map_arg(step.kwargs, lambda n: values[n.name])

@@ -5,7 +5,8 @@ does to it (Krypton, Nakandala et al. 2019):
 
 - `pointwise`: the output at a position depends only on the input at that position (BatchNorm in eval, ReLU and its
   relatives, dropout in eval, arithmetic with a constant that has no spatial extent): a changed patch stays a patch.
-- `binary`: two input-dependent maps combined position by position (a residual `add`): the patch is their union.
+- `merge`: input-dependent maps combined position by position (a residual `add`, a channel `cat`): the patch is
+  the union of theirs.
 - `window`: a 2-D convolution or pooling with kernel, stride, padding, dilation: the patch grows by the kernel and
   shrinks by the stride; it is computed from a slice of the input with its halo, with the padding done by hand.
 - `full`: anything else (adaptive pooling, flatten, linear, ...): computed on whole maps, batched.
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Step", "Window", "Program", "UnsupportedModel", "build_program", "fold_batchnorm", "run_clean",
-           "settle_kinds"]
+           "settle_kinds", "standard_layout"]
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def _step_for(node: fx.Node, root: nn.Module) -> Step:
             kwargs["inplace"] = False
         if target is F.dropout and kwargs.get("training", node.args[2] if len(node.args) > 2 else True):
             return Step(kind="full", fn=target, **{**base, "kwargs": kwargs})
-        kind = "arith" if target in _ARITHMETIC else "pointwise" if target in _POINTWISE_FUNCTIONS else "full"
+        kind = ("arith" if target in _ARITHMETIC else "pointwise" if target in _POINTWISE_FUNCTIONS
+                else "cat" if target in (torch.cat, torch.concat) else "full")
         return Step(kind=kind, fn=target, **{**base, "kwargs": kwargs})  # type: ignore[arg-type]
     if node.op == "call_method":
         name = str(node.target)
@@ -253,10 +255,19 @@ def run_clean(program: Program, x: torch.Tensor) -> dict[str, Any]:
         if step.kind == "input":
             env[step.name] = x
             continue
-        args = fx.node.map_arg(step.args, lambda n: env[n.name])
-        kwargs = fx.node.map_arg(step.kwargs, lambda n: env[n.name])
+        plain = standard_layout if step.kind == "full" else (lambda v: v)
+        args = fx.node.map_arg(step.args, lambda n: plain(env[n.name]))
+        kwargs = fx.node.map_arg(step.kwargs, lambda n: plain(env[n.name]))
         env[step.name] = step.fn(*args, **kwargs)
     return env
+
+
+def standard_layout(value: Any) -> Any:
+    """Channels-last maps back to the standard layout before an op the engine does not know (`x.view(...)` needs
+    it); the engine's own steps run channels-last."""
+    if isinstance(value, torch.Tensor) and value.ndim == 4 and not value.is_contiguous():
+        return value.contiguous()
+    return value
 
 
 def _spatial(value: Any) -> tuple[int, int] | None:
@@ -272,7 +283,8 @@ def _flat_extent_free(value: Any) -> bool:
 
 
 def settle_kinds(program: Program, env: dict[str, Any]) -> None:
-    """After a clean run: settle each `arith` step into `pointwise`, `binary` or `full`, mark steps that do not
+    """After a clean run: settle each `arith` step into `pointwise`, `merge` or `full` (a `cat` into `merge` or
+    `full`), mark steps that do not
     depend on the input `const`, and demote to `full` any step whose tensors do not have the shapes its kind
     assumes (4-D, same spatial size, constants without spatial extent)."""
     dependent = {s.name for s in program.steps if s.kind == "input"}
@@ -284,6 +296,13 @@ def settle_kinds(program: Program, env: dict[str, Any]) -> None:
         kind = step.kind
         if not deps:
             kind = "const"
+        elif kind == "cat":
+            dim = step.kwargs.get("dim", step.args[1] if len(step.args) > 1 else 0)
+            parts = step.args[0] if step.args and isinstance(step.args[0], (list, tuple)) else []
+            out = _spatial(env[step.name])
+            kind = "merge" if (dim in (1, -3) and out is not None and parts and all(
+                isinstance(a, fx.Node) and a.name in dependent and _spatial(env[a.name]) == out for a in parts)) \
+                else "full"
         elif kind in ("pointwise", "arith", "window"):
             out = _spatial(env[step.name])
             dep_shapes = [_spatial(env[d]) for d in deps]
@@ -298,7 +317,7 @@ def settle_kinds(program: Program, env: dict[str, Any]) -> None:
                 kind = "pointwise" if dep_shapes[0] == out and flat else "full"
             else:
                 same = all(s == out for s in dep_shapes)
-                kind = "binary" if kind == "arith" and len(deps) == 2 and same and flat else "full"
+                kind = "merge" if kind == "arith" and len(deps) == 2 and same and flat else "full"
         if kind != "const":
             dependent.add(step.name)
         program.steps[i] = replace(step, kind=kind, deps=deps)

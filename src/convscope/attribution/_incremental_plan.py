@@ -9,7 +9,7 @@ from the clean activation (`changed`, [r0, r1) x [c0, c1)) and chooses what to c
   the map: Krypton's projective-field threshold) or when an input is already full.
 
 A sliding-window op (kernel k, stride s, padding p, dilation d) changes output row i when its receptive field
-[i*s - p, i*s - p + (k-1)*d] meets the changed input rows; pointwise steps keep the rectangle; binary steps take the
+[i*s - p, i*s - p + (k-1)*d] meets the changed input rows; pointwise steps keep the rectangle; merge steps take the
 union of their operands'.
 
 The plan also holds the gather indices (`_incremental_gather`) that assemble each step's input slices, so images of
@@ -45,7 +45,7 @@ class BatchPlan:
     """Regions and gather indices for one batch of windows.
 
     `gathers[(step, dep)]` is the (N*h*w,) index assembling `dep`'s values for `step` (an input slice with halo for
-    a window step, the union extent for a binary step, the whole map where a full step consumes a patch)."""
+    a window step, the union extent for a merge step, the whole map where a full step consumes a patch)."""
 
     count: int
     regions: dict[str, Region] = field(default_factory=dict)
@@ -98,10 +98,10 @@ def plan_batch(program: Program, shapes: dict[str, tuple[int, int]], windows: np
             regions[step.name] = Region("full", shape)
         elif step.kind == "pointwise":
             regions[step.name] = inputs[0]
-        elif step.kind == "binary":
-            a, b = inputs
-            changed = np.stack([np.minimum(a.changed[:, 0], b.changed[:, 0]), np.maximum(a.changed[:, 1], b.changed[:, 1]),
-                                np.minimum(a.changed[:, 2], b.changed[:, 2]), np.maximum(a.changed[:, 3], b.changed[:, 3])], 1)
+        elif step.kind == "merge":
+            stacked = np.stack([r.changed for r in inputs])  # (inputs, N, 4)
+            changed = np.stack([stacked[:, :, 0].min(0), stacked[:, :, 1].max(0),
+                                stacked[:, :, 2].min(0), stacked[:, :, 3].max(0)], 1)
             regions[step.name] = _patch_or_full(changed, shape, full_at)
         elif step.kind == "window":
             g, src = step.window, inputs[0]
@@ -127,7 +127,7 @@ def _add_gathers(plan: BatchPlan, step, device: torch.device) -> None:
             out_offset, out_size, fill = np.zeros_like(src.offset), src.shape, None
         elif step.kind == "pointwise":
             continue
-        elif step.kind == "binary":
+        elif step.kind == "merge":
             if np.array_equal(src.offset, region.offset) and src.size == region.size:
                 continue  # the operand's patch already is the union extent
             out_offset, out_size, fill = region.offset, region.size, None

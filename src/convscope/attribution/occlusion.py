@@ -36,6 +36,11 @@ __all__ = ["occlusion", "window_grid"]
 
 Baseline = float | Literal["mean", "blur"] | torch.Tensor
 
+# The engine computes a step on whole maps once its patch would cover this fraction of the map (Krypton's
+# projective-field threshold); 0 makes it compute every step on whole maps (used by the benchmark to separate the
+# gain of incremental inference from that of the engine's folded, channels-last convolutions).
+FULL_AT = 0.8
+
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
@@ -197,7 +202,7 @@ def occlusion(
         scorer = _scorer(spec, resolved, score)
         layer = str(resolved.unit.layer) if resolved.unit is not None else None
         bases = _baselines(x, baseline, window)
-        engine = IncrementalEngine.build(module, x[:1], layer) if incremental else None
+        engine = IncrementalEngine.build(module, x[:1], layer, full_at=FULL_AT) if incremental else None
         clean_scores, drops = [], []
         for b in range(x.shape[0]):
             image, base = x[b:b + 1], bases[b:b + 1]
