@@ -19,9 +19,12 @@ from .errors import (  # noqa: E402
     UnitOutOfRangeError,
     WeightMismatchError,
 )
-from .layers import Unit, parse_unit  # noqa: E402
-from .models import ModelSpec, load  # noqa: E402
+from .layers import LayerInfo, Unit, list_layers, parse_unit  # noqa: E402
+from .models import ModelSpec, evaluate, load, predict, train  # noqa: E402
+from .receptive import ReceptiveField, receptive_fields  # noqa: E402
 from .results import Recipe  # noqa: E402
+
+from . import analysis, attribution, data, featvis, hooks, render  # noqa: E402  (the families, as namespaces)
 
 __all__ = [
     "__version__",
@@ -31,12 +34,25 @@ __all__ = [
     "DatasetError",
     "LayerNotFoundError",
     "ModelLoadError",
+    "LayerInfo",
     "ModelSpec",
+    "ReceptiveField",
     "Recipe",
     "TargetError",
     "Unit",
     "UnitOutOfRangeError",
     "WeightMismatchError",
+    "analysis",
+    "attribution",
+    "data",
+    "evaluate",
+    "featvis",
+    "hooks",
+    "list_layers",
     "load",
     "parse_unit",
+    "predict",
+    "receptive_fields",
+    "render",
+    "train",
 ]
