@@ -24,9 +24,9 @@ __all__ = ["fusions"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused = fused.to(conv.weight.device, conv.weight.dtype)
+    fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                               conv.padding, conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                               device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         g = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
         beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)

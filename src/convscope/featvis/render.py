@@ -30,6 +30,7 @@ from ..errors import ConvscopeError, InputShapeError, NonFiniteError
 from ..models import ModelSpec, load
 from ..results import Recipe
 from ._fuse import fusions
+from ._redirect import RedirectedReLU
 from .objectives import OUTPUT, Objective, as_objective
 from .params import Parameterization, make_param
 from .regularizers import Penalty, Projection
@@ -40,6 +41,7 @@ from .transforms import Transform, Transforms, standard_transforms
 __all__ = ["render", "item_generators", "octave_sizes", "parse_bytes"]
 
 Init = Literal["noise", "grey"] | torch.Tensor | str | Path | None
+REDIRECT_STEPS = 32  # redirected ReLU gradients wake zero units during the first steps; later zero units are dead
 
 
 def item_generators(seed: int, items: Sequence[int]) -> list[torch.Generator]:
@@ -182,6 +184,11 @@ def _objective_grad(run: _Runner, objective: Objective, x: torch.Tensor, tile: i
     return values, torch.roll(grad, (-dy, -dx), (2, 3))
 
 
+def _asleep(values: torch.Tensor) -> torch.Tensor:
+    """Indices of the items whose objective is exactly zero (no gradient through their ReLUs)."""
+    return torch.nonzero(values == 0).flatten().cpu()
+
+
 def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: str | Parameterization,
               sizes: list[tuple[int, int]], steps: int, optimizer: str, lr: float | None,
               transforms: Transforms, penalties: list[Penalty], projections: list[Projection],
@@ -202,6 +209,7 @@ def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: st
                             dtype=spec.dtype, device=spec.device)
     with torch.no_grad():
         start = run.values(objective, module()).detach()
+    asleep = _asleep(start)
     trace = []
     for k, size in enumerate(sizes):
         if k > 0:
@@ -220,7 +228,10 @@ def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: st
             x = transforms(pixels, gens)
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
-            values, gx = _objective_grad(run, objective, x, tile, roll)
+            # units at exactly zero have no gradient through their ReLUs: redirect it until they wake up
+            with hooks.function_mode(RedirectedReLU(asleep)) if asleep.numel() else contextlib.nullcontext():
+                values, gx = _objective_grad(run, objective, x, tile, roll)
+            asleep = _asleep(values) if t + 1 < REDIRECT_STEPS and k == 0 else _asleep(values[:0])
             surrogate = -(x * gx).sum()  # d/dparams = -(dx/dparams)^T gx: backprop through transforms and param
             for penalty in penalties:
                 surrogate = surrogate + penalty(pixels, center).sum()
