@@ -258,3 +258,26 @@ def test_engine_handles_concatenation_and_size_queries():
     assert inc.recipe.params["engine"] == "incremental"
     assert plain.extras["grid"].abs().max() > 0
     assert torch.allclose(inc.extras["grid"], plain.extras["grid"], atol=1e-12)
+
+
+class SharedInPlace(nn.Module):
+    """An in-place ReLU overwrites a tensor that is read again afterwards: only the model's own forward is right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = nn.functional.relu(y, True)
+        return self.head((z + y).mean((2, 3)))
+
+
+def test_in_place_op_on_a_shared_tensor_takes_the_plain_path():
+    torch.manual_seed(0)
+    model = SharedInPlace().double().eval()
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    result = occlusion(model, x, 1, window=4, stride=2, score="logit")
+    assert result.recipe.params["engine"] == "plain"
+    assert IncrementalEngine.build(model, x) is None

@@ -19,6 +19,7 @@ not changed: folded weights are copies, and steps call functions, not the module
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -185,6 +186,8 @@ def _step_for(node: fx.Node, root: nn.Module) -> Step:
         return Step(kind="const", fn=lambda value=value: value, **{**base, "args": (), "kwargs": {}})
     if node.op == "call_module":
         module = root.get_submodule(str(node.target))
+        if getattr(module, "inplace", False) and node.args:
+            _check_sole_user(node.args[0])
         window = _window_module(module)
         if window is not None:
             geometry, full, patch = window
@@ -200,14 +203,14 @@ def _step_for(node: fx.Node, root: nn.Module) -> Step:
         if isinstance(target, Callable) and getattr(target, "__name__", "").endswith("_") \
                 and not target.__name__.endswith("__"):
             raise UnsupportedModel(f"in-place function {target.__name__}")
-        kwargs = dict(node.kwargs)
-        if "inplace" in kwargs:
-            kwargs["inplace"] = False
-        if target is F.dropout and kwargs.get("training", node.args[2] if len(node.args) > 2 else True):
-            return Step(kind="full", fn=target, **{**base, "kwargs": kwargs})
+        if target in _IN_PLACE_OPERATORS:
+            raise UnsupportedModel(f"in-place operator {target.__name__}")
+        args, kwargs = _out_of_place_call(target, node.args, dict(node.kwargs))
+        if target is F.dropout and (args[2] if len(args) > 2 else kwargs.get("training", True)):
+            return Step(kind="full", fn=target, **{**base, "args": args, "kwargs": kwargs})
         kind = ("arith" if target in _ARITHMETIC else "pointwise" if target in _POINTWISE_FUNCTIONS
                 else "cat" if target in (torch.cat, torch.concat) else "full")
-        return Step(kind=kind, fn=target, **{**base, "kwargs": kwargs})  # type: ignore[arg-type]
+        return Step(kind=kind, fn=target, **{**base, "args": args, "kwargs": kwargs})  # type: ignore[arg-type]
     if node.op == "call_method":
         name = str(node.target)
         if name.endswith("_") and not name.endswith("__"):
@@ -215,6 +218,31 @@ def _step_for(node: fx.Node, root: nn.Module) -> Step:
         kind = "shape" if name in ("size", "dim") else "pointwise" if name in _POINTWISE_METHODS else "full"
         return Step(kind=kind, fn=_method_fn(name), **base)
     raise UnsupportedModel(f"node {node.op}")  # pragma: no cover - placeholders/outputs are handled by the caller
+
+
+_IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow,
+                       operator.iand, operator.ior}
+
+
+def _out_of_place_call(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call with `inplace=False` however it was passed (`F.relu(x, True)` too), all arguments by keyword after
+    the first; calls without an `inplace` parameter are returned unchanged."""
+    try:
+        bound = inspect.signature(target).bind(*args, **kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, or a call we cannot bind: leave it
+        return tuple(args), kwargs
+    if "inplace" not in bound.signature.parameters:
+        return tuple(args), kwargs
+    if bound.arguments.get("inplace"):
+        _check_sole_user(args[0])
+    bound.arguments["inplace"] = False
+    return tuple(bound.args), dict(bound.kwargs)
+
+
+def _check_sole_user(value: Any) -> None:
+    """Running an in-place op out of place is the same only if nothing else reads the tensor it would overwrite."""
+    if isinstance(value, fx.Node) and len(value.users) > 1:
+        raise UnsupportedModel(f"an in-place op overwrites {value.name}, which other ops read")
 
 
 def _out_of_place_module(module: nn.Module) -> Callable[..., Any]:
