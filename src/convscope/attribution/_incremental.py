@@ -119,10 +119,11 @@ class IncrementalEngine:
         return self._plans[key]
 
     def run(self, image: torch.Tensor, baseline: torch.Tensor, windows: np.ndarray, window_size: tuple[int, int],
-            batch_size: int) -> Iterator[torch.Tensor]:
+            batch_size: int, env: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
         """For each batch of `windows` (M, 4: r0, r1, c0, c1 in pixels), the target's value on the occluded images
-        (N, ...): `image` (1, C, H, W) with `baseline` (1, C, H, W) pasted inside each window."""
-        env = self.clean(image)
+        (N, ...): `image` (1, C, H, W) with `baseline` (1, C, H, W) pasted inside each window. `env` is
+        `clean(image)` if the caller has it already."""
+        env = self.clean(image) if env is None else env
         plans = self.plans(env, windows, window_size, batch_size, image.device)
         tables: dict[str, torch.Tensor] = {}
         input_name = self.program.steps[0].name
@@ -197,10 +198,11 @@ class _Batch:
             elif kind == "window":
                 values[name] = step.patch_fn(self.slice(name, step.deps[0]))
             else:  # pointwise or merge on patches
-                args = fx.node.map_arg(step.args, lambda n: self.slice(name, n.name) if n.name in step.deps
-                                       else values[n.name])
-                kwargs = fx.node.map_arg(step.kwargs, lambda n: values[n.name])
-                values[name] = step.fn(*args, **kwargs)
+                def patch_of(n: fx.Node) -> Any:
+                    return self.slice(name, n.name) if n.name in step.deps else values[n.name]
+
+                values[name] = step.fn(*fx.node.map_arg(step.args, patch_of),
+                                       **fx.node.map_arg(step.kwargs, patch_of))
             for dep in engine.done_after.get(name, ()):  # free what no later step reads
                 values.pop(dep, None)
                 self.sources.pop(dep, None)

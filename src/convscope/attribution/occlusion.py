@@ -209,7 +209,7 @@ def occlusion(
             if engine is not None:
                 env = engine.clean(image)
                 clean = scorer(env[engine.target], b)
-                values = engine.run(image, base, windows, window, batch_size)
+                values = engine.run(image, base, windows, window, batch_size, env=env)
             else:
                 clean = scorer(_forward(module, image, layer), b)
                 values = _plain(module, image, base, windows, batch_size, layer)
