@@ -290,3 +290,20 @@ def test_model_and_input_untouched_after_success_and_error(name):
     assert _same(broken, broken_before)
     assert torch._C._len_torch_function_stack() == 0  # the ReLU-rule mode is gone too
     assert x.grad is sentinel and torch.equal(x.grad, torch.full_like(x, 7.0))
+
+
+@pytest.mark.parametrize("layer", ["conv2", "relu#0"])
+def test_capture_leaves_start_the_graph_at_the_requested_call_only(layer):
+    """hooks.capture(leaves=...) (used by Grad-CAM): the same layer gradient as a full graph, with nothing upstream
+    requiring grad; for a module called twice only the requested call becomes a leaf."""
+    from convscope.hooks import frozen
+
+    model, x = net(), inputs()
+    with capture(model, layer, detach=False) as cap:
+        out = model(x.clone().requires_grad_())
+    (full,) = torch.autograd.grad(out[:, 1].sum(), cap[layer])
+    with frozen(model), capture(model, layer, leaves=[layer]) as cap:
+        out = model(x)
+    (leaf,) = torch.autograd.grad(out[:, 1].sum(), cap[layer])
+    assert cap[layer].is_leaf and torch.allclose(full, leaf, atol=1e-12)
+    assert hook_count(model) == 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ def _checkpoints(count: int, checkpoints: int | None) -> list[int]:
 
 def randomization(model: ModelSpec | nn.Module | str, method: str | Callable[..., Attribution],
                   inputs: torch.Tensor, target: Target = None, *, checkpoints: int | None = 6, seed: int = 0,
-                  threshold: float = 0.5, **options: Any) -> RandomizationCheck:
+                  threshold: float = 0.5, options: Mapping[str, Any] | None = None) -> RandomizationCheck:
     """Cascading model-parameter randomization check for `method` on `inputs`.
 
     Args:
@@ -118,7 +118,7 @@ def randomization(model: ModelSpec | nn.Module | str, method: str | Callable[...
             (always including full randomization); None evaluates after every layer.
         seed: seeds the random parameters.
         threshold: flag when the mean correlation after full randomization exceeds it.
-        options: passed to the method (e.g. `layer=` for Grad-CAM, `samples=` for SmoothGrad).
+        options: keyword options for the method (e.g. `{"layer": "layer4"}`, `{"samples": 10, "seed": 1}`).
 
     Returns a `RandomizationCheck` with correlations (K, B) and the maps.
     """
@@ -130,6 +130,7 @@ def randomization(model: ModelSpec | nn.Module | str, method: str | Callable[...
         name, function = method, METHODS[method]
     else:
         name, function = getattr(method, "__name__", "method"), method
+    options = dict(options or {})
     spec = as_spec(model)
     x = check_inputs(spec, inputs)
     work = dataclasses.replace(spec, module=copy.deepcopy(spec.module))

@@ -212,7 +212,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sample = torch.cat(kept)[: max(1, args.randomize_limit)]
     for name in names:
         check = evaluate.randomization(spec, _method(name), sample, _target(args.target), checkpoints=1,
-                                       seed=args.seed, **_options(name, args, sample.shape[0]))
+                                       seed=args.seed, options=_options(name, args, sample.shape[0]))
         table[name]["randomization"] = {"correlation": check.final, "flagged": check.flagged}
     summary = {name: {"deletion_auc": _mean(row["deletion"]), "insertion_auc": _mean(row["insertion"]),
                       "randomization_correlation": row["randomization"]["correlation"],
