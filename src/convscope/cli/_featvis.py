@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dr.add_argument("--unit", type=int, default=None, help="amplify one channel instead of the whole layer")
     dr.add_argument("--octaves", type=int, default=4, help="default 4 (scale 1.4 between octaves)")
     dr.add_argument("--steps", type=int, default=10, help="steps per octave (default 10)")
-    dr.add_argument("--lr", type=float, default=None, help="step size (default 0.01)")
+    dr.add_argument("--lr", type=float, default=None, help="step size (default 0.005 = 1.5/255)")
     dr.add_argument("--levels", type=int, default=4, help="Laplacian pyramid levels (default 4)")
     dr.add_argument("--tile", type=int, default=None, help="tile size (default 2x the model's input size)")
     dr.add_argument("--size", default=None, help="resize the photo first: 512 or HxW")

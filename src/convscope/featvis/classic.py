@@ -122,7 +122,8 @@ def dream(
         image: a path or pixels (C, H, W) in [0, 1]; the result has its size (or `size`).
         layer_name / objective: maximize the mean squared activation of this layer (DeepDream), or any objective.
         octaves: scales from 1 / 1.4^(octaves - 1) of the size up to the full size, `steps` steps each.
-        lr: step of the Laplacian-normalized gradient (default 0.01 of the pixel range); `levels` pyramid bands.
+        lr: step of the Laplacian-normalized gradient (default 0.005 of the pixel range, DeepDream's 1.5 / 255);
+            `levels` pyramid bands.
         tile: optimize tiles of this many pixels (default twice the network's input size) with a random roll
             each step, so large photos fit in memory.
     """
