@@ -284,3 +284,25 @@ def test_conv_layers_of_a_fixed_size_classifier_render_at_any_size():
     vis = render(spec, channel("0", [0, 1]), size=(20, 36), steps=6)  # the Linear cannot run at this size
     assert vis.images.shape == (2, 1, 20, 36) and (vis.values > vis.start_values).all()
     assert hooks.hook_count(model) == 0
+
+
+def test_fast_warp_backward_is_close_to_the_exact_adjoint():
+    x = torch.rand(4, 3, 48, 64, requires_grad=True)
+    g = torch.randn(4, 3, 48, 64)
+    grads = []
+    for exact in (True, False):
+        chain = Transforms([jitter(4), scale(), rotate()], exact=exact)
+        y = chain(x, item_generators(0, range(4)))
+        grads.append(torch.autograd.grad(y, x, g)[0].flatten(1))
+    assert (torch.nn.functional.cosine_similarity(*grads) > 0.9).all()
+
+
+def test_units_that_are_zero_at_the_start_wake_up_instead_of_being_called_dead():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight[1] = model[0].weight[1].abs()
+        model[0].bias[1] = -model[0].weight[1].sum()  # grey (model input 0.4) < 0 < white (model input 2.4)
+    vis = render(spec_of(model), channel("1", [0, 1]), steps=20, size=12, init="grey", param="pixel",
+                 optimizer="adam", transforms=None)
+    assert vis.start_values[1] == 0 and vis.values[1] > 0 and vis.dead == []
