@@ -99,6 +99,7 @@ def test_randomization_check_on_gradients_passes_and_leaves_the_model():
     assert check.final < 0.5 and not check.flagged
     again = evaluate.randomization(model, A.saliency, x, checkpoints=3, seed=1)
     assert torch.equal(again.correlations, check.correlations)
+    assert evaluate.randomization(model, "saliency", x, checkpoints=1).depth == [4]  # one point: everything
 
 
 def test_randomization_flags_a_map_that_ignores_the_model():

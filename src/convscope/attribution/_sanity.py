@@ -100,6 +100,8 @@ def _checkpoints(count: int, checkpoints: int | None) -> list[int]:
         return list(range(1, count + 1))
     if checkpoints < 1:
         raise OptionError(f"checkpoints must be at least 1 (or None for every layer), got {checkpoints}")
+    if checkpoints == 1:
+        return [count]  # full randomization only
     return sorted({int(round(v)) for v in np.linspace(1, count, min(checkpoints, count))})
 
 
