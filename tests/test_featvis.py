@@ -164,7 +164,8 @@ OBJECTIVES = {
                                              ("pixel", "smooth")])
 def test_gradient_ascent_raises_every_objective(name, param, optimizer):
     model = tiny()
-    vis = render(spec_of(model), OBJECTIVES[name], param=param, optimizer=optimizer, steps=24, size=(20, 28))
+    vis = render(spec_of(model), OBJECTIVES[name], param=param, optimizer=optimizer, steps=24, size=(20, 28),
+                 transforms="standard")
     assert (vis.values > vis.start_values).all(), (vis.start_values, vis.values)
     n = vis.trace.shape[0]
     assert (vis.trace[-n // 4:].mean(0) > vis.trace[: n // 4].mean(0)).all()  # monotone on average
@@ -262,7 +263,7 @@ def test_projections_need_pixels_and_memory_budget_parses():
     from convscope.featvis import Blur
 
     with pytest.raises(ConvscopeError, match="param='pixel'"):
-        render(spec_of(tiny()), channel("2", 1), regularizers=[Blur()], steps=1)
+        render(spec_of(tiny()), channel("2", 1), regularizers=[Blur()], steps=1, param="fourier")
     assert parse_bytes("2GB") == 2 * 2**30 and parse_bytes("512MB") == 512 * 2**20 and parse_bytes(10) == 10
     with pytest.raises(ConvscopeError):
         parse_bytes("lots")
@@ -306,3 +307,11 @@ def test_units_that_are_zero_at_the_start_wake_up_instead_of_being_called_dead()
     vis = render(spec_of(model), channel("1", [0, 1]), steps=20, size=12, init="grey", param="pixel",
                  optimizer="adam", transforms=None)
     assert vis.start_values[1] == 0 and vis.values[1] > 0 and vis.dead == []
+
+
+def test_auto_defaults_pick_pixels_for_small_images_and_fourier_for_large():
+    model = tiny()
+    small = render(spec_of(model), channel("2", 1), steps=1, size=28)
+    large = render(spec_of(model), channel("2", 1), steps=1, size=64)
+    assert small.recipe.params["param"] == "pixel" and small.recipe.params["transforms"] == []
+    assert large.recipe.params["param"] == "fourier" and len(large.recipe.params["transforms"]) == 5

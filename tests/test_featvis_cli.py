@@ -22,7 +22,7 @@ def run_json(capsys, argv: list[str]) -> dict:
 
 def test_visualize_units_renders_a_batched_grid_that_raises_every_unit(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    report = run_json(capsys, ["visualize", MODEL, "--layer", "conv2", "--units", "0-5", "--steps", "24", "--no-transforms",
+    report = run_json(capsys, ["visualize", MODEL, "--layer", "conv2", "--units", "0-5", "--steps", "24", "--transforms", "none",
                                "-o", str(out), "--json"])
     assert [item["label"] for item in report["items"]] == [f"conv2:{i}" for i in range(6)]
     assert all(item["activation"] > item["start_activation"] for item in report["items"])

@@ -45,8 +45,8 @@ def test_rendered_channels_beat_every_test_image(fashion, name):
     spec, best, fires = fashion
     units = torch.nonzero(fires[name]).flatten().tolist()
     assert len(units) >= fires[name].numel() // 2
-    vis = render(spec, channel(name, units), param="pixel", optimizer="adam", transforms=None, steps=256,
-                 seed=0)  # one batched run per layer; plain ascent in pixel space, as Simonyan et al.
+    vis = render(spec, channel(name, units), steps=256, seed=0)  # the defaults; one batched run per layer
+    assert vis.recipe.params["param"] == "pixel"  # "auto" at 28 x 28
     natural = best[name][units]
     losers = [(u, round(float(v), 3), round(float(n), 3)) for u, v, n in zip(units, vis.values, natural) if v <= n]
     assert not losers, f"{name}: (unit, rendered, best test image) {losers}"

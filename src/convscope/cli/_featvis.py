@@ -75,11 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.add_argument("--outscale", type=float, default=1.0, help="final size = size x outscale (default 1)")
     vis.add_argument("--sharpness", type=float, default=None,
                      help="add edge + colour penalties: 0 smooth .. 10 sharp (default: none)")
-    vis.add_argument("--param", choices=("fourier", "pixel"), default="fourier", help="default fourier")
-    vis.add_argument("--optimizer", choices=("adam", "ascent", "laplacian", "smooth"), default=None,
-                     help="default adam (fourier) / ascent (pixel)")
+    vis.add_argument("--param", choices=("auto", "fourier", "pixel"), default="auto",
+                     help="default auto: fourier from 64 px up, pixel below")
+    vis.add_argument("--optimizer", choices=("adam", "ascent", "laplacian", "smooth"), default="adam",
+                     help="default adam")
     vis.add_argument("--lr", type=float, default=None, help="step size (default: the optimizer's)")
-    vis.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate")
+    vis.add_argument("--transforms", choices=("auto", "standard", "none"), default="auto",
+                     help="random pad/jitter/scale/rotate per step (default auto: standard from 64 px up)")
     vis.add_argument("--init", default=None, help="start from this image (default: seeded noise)")
     vis.add_argument("--batch", type=int, default=None, help="units per optimization run (default: all)")
     vis.add_argument("--memory-budget", default=None, help="e.g. 2GB: choose the batch size to fit")
@@ -161,14 +163,13 @@ def run_visualize(args: argparse.Namespace) -> int:
         objective = layer(args.layer)
     else:
         objective = channel(args.layer, units)
-    optimizer = args.optimizer or ("adam" if args.param == "fourier" else "ascent")
     size = _size(args.size)
     if args.init is not None and size is None:
         size = tuple(spec.input_size)
     bar, update = _progress("visualize")
     with bar:
-        vis = render(spec, objective, param=args.param, size=size, steps=args.steps, optimizer=optimizer,
-                     lr=args.lr, transforms=None if args.no_transforms else "standard",
+        vis = render(spec, objective, param=args.param, size=size, steps=args.steps, optimizer=args.optimizer,
+                     lr=args.lr, transforms=None if args.transforms == "none" else args.transforms,
                      regularizers=sharpness(args.sharpness) if args.sharpness is not None else (),
                      octaves=args.octaves, outscale=args.outscale, init=args.init, seed=args.seed, batch=args.batch,
                      memory_budget=args.memory_budget, progress=update)

@@ -41,6 +41,7 @@ from .transforms import Transform, Transforms, standard_transforms
 __all__ = ["render", "item_generators", "octave_sizes", "parse_bytes"]
 
 Init = Literal["noise", "grey"] | torch.Tensor | str | Path | None
+SMALL = 64  # below this image size, "auto" means pixels and no transforms
 REDIRECT_STEPS = 32  # redirected ReLU gradients wake zero units during the first steps; later zero units are dead
 
 
@@ -276,12 +277,12 @@ def render(
     model: ModelSpec | nn.Module | str,
     objective: Objective | str,
     *,
-    param: Literal["fourier", "pixel"] | Parameterization = "fourier",
+    param: Literal["auto", "fourier", "pixel"] | Parameterization = "auto",
     size: int | tuple[int, int] | None = None,
     steps: int = 256,
     optimizer: Literal["adam", "ascent", "laplacian", "smooth"] = "adam",
     lr: float | None = None,
-    transforms: Literal["standard"] | Transforms | Sequence[Transform] | None = "standard",
+    transforms: Literal["auto", "standard"] | Transforms | Sequence[Transform] | None = "auto",
     regularizers: Sequence[Penalty | Projection] = (),
     octaves: int = 1,
     outscale: float = 1.0,
@@ -302,13 +303,16 @@ def render(
         objective: an `Objective` (`channel`, `neuron`, `layer`, `class_logit`, `direction`, `diversity`, sums)
             or a unit string (`"features.6:12"`). A batched objective (`channel(l, range(64))`) renders one image
             per unit.
-        param: `"fourier"` (1/f spectrum, decorrelated colour, sigmoid; the default), `"pixel"` (pixels clipped to
-            [0, 1]) or a `Parameterization` module (its batch size is used).
+        param: `"fourier"` (1/f spectrum, decorrelated colour, sigmoid), `"pixel"` (pixels clipped to [0, 1]), a
+            `Parameterization` module (its batch size is used), or `"auto"` (default): Fourier for images of at
+            least `SMALL` (64) pixels, pixels below (MNIST-size images: the Fourier basis and its sigmoid hold
+            dark-loving units back there, and the result is less true).
         size: (H, W) or an int; default the model's input size, or the size of an `init` image.
         steps: steps per octave.
         optimizer: `"adam"`, `"ascent"` (max-abs normalized gradient), `"laplacian"` (DeepDream, `levels` bands)
             or `"smooth"`; the last two need `param="pixel"`. `lr`: step size (None: the rule's default).
-        transforms: random jitter/scale/rotate per step (`"standard"` = Lucid's chain; None for none).
+        transforms: random jitter/scale/rotate per step (`"standard"` = Lucid's chain; None for none; `"auto"`
+            (default): standard from `SMALL` pixels up, none below, where a few pixels of jitter are a large move).
         regularizers: penalties (`L1`, `L2`, `TotalVariation`, `EdgePenalty`, `ColorPenalty`, `sharpness(s)`) and
             projections (`ClipRange`, `Decay`, `Blur`, `ClipNorm`, `ClipContribution`; pixel param only).
         octaves, outscale: optimize at `octaves` growing sizes, ending at `size * outscale` (see `octave_sizes`).
@@ -348,6 +352,11 @@ def render(
         raise TypeError(f"regularizers must be Penalty or Projection objects, got {bad[0]!r}")
     penalties = [r for r in regs if isinstance(r, Penalty)]
     projections = [r for r in regs if isinstance(r, Projection)]
+    small = min(sizes[0]) < SMALL
+    if isinstance(param, str) and param == "auto":
+        param = "pixel" if small else "fourier"
+    if isinstance(transforms, str) and transforms == "auto":
+        transforms = None if small else "standard"
     pixel_space = param == "pixel" or (isinstance(param, Parameterization) and param.pixel_space)
     if (projections or optimizer in PIXELS_ONLY) and not pixel_space:
         what = f"optimizer {optimizer!r}" if optimizer in PIXELS_ONLY else f"{type(projections[0]).__name__}"
