@@ -19,8 +19,8 @@ does not inflate) is reported, with ratios ours / Captum. Outputs are compared (
 the largest |value|) on the first timed call.
 
 Memory: each case runs once more in a fresh subprocess; we report how much the process's peak resident memory grows
-during that one call (`VmHWM` reset through `/proc/self/clear_refs` after loading the model and inputs; falls back
-to `ru_maxrss` growth). It counts everything the call touches (activations, autograd graph, allocator caches), not
+during that one call (`VmHWM` reset through `/proc/self/clear_refs` after loading the model and inputs and
+`malloc_trim`, so memory freed during setup cannot hide a call's peak; falls back to `ru_maxrss` growth). It counts everything the call touches (activations, autograd graph, allocator caches), not
 tensors alone. `tracemalloc` cannot see PyTorch's CPU allocations, so it is not used.
 
     python -m bench.attribution                 # everything, 3 repeats
@@ -221,6 +221,12 @@ def child(case: str, side: str, quick: bool, threads: int) -> None:
     model, x = model_and_inputs(s["size"], s["batch"])
     ours, captum = cases(model, x, s)[case]
     fn = ours if side == "ours" else captum
+    try:  # hand memory freed during setup back to the OS, so a call cannot hide its peak in it
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     mb, how = peak_growth_mb(fn) if fn is not None else (float("nan"), "n/a")
     print(json.dumps({"peak_mb": mb, "how": how}))
 

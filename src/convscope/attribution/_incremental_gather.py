@@ -47,7 +47,7 @@ def gather_index(shape: tuple[int, int], patch_offset: np.ndarray, patch_size: t
         index = np.where(outside, H * W + (NEG_INF_ROW if fill == float("-inf") else ZERO_ROW), index)
         if fill not in (0.0, float("-inf")):
             raise AssertionError(f"padding value {fill} is not supported")
-    return index.reshape(-1).astype(np.int64)
+    return index.reshape(-1).astype(np.int32)  # tables stay far below 2**31 rows; half the memory of int64
 
 
 def clean_table(clean: torch.Tensor) -> torch.Tensor:
@@ -79,4 +79,4 @@ def input_index(shape: tuple[int, int], windows: np.ndarray, offset: np.ndarray,
     inside = (((rows >= windows[:, :1]) & (rows < windows[:, 1:2]))[:, :, None]
               & ((cols >= windows[:, 2:3]) & (cols < windows[:, 3:4]))[:, None, :])
     position = rows[:, :, None] * W + cols[:, None, :]
-    return np.where(inside, position + H * W + 2, position).reshape(-1).astype(np.int64)
+    return np.where(inside, position + H * W + 2, position).reshape(-1).astype(np.int32)
