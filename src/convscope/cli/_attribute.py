@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     attribute.add_argument("--save", default=None, metavar="MAPS.npz", help="write maps, inputs and recipe (.npz)")
     attribute.add_argument("--normalization", default="method", choices=("method", "each", "all"),
                            help="panel colour scale: one per method across images (default), per map, or shared")
-    attribute.add_argument("--columns", type=int, default=None, help="wrap panel rows after N tiles")
+    attribute.add_argument("--columns", type=int, default=None, help="wrap panel rows after N tiles (default: 5 when "
+                                                                        "more than 5 methods)")
     attribute.add_argument("--cell", type=int, default=None, help="panel tile size in pixels")
     attribute.add_argument("--no-eval", action="store_true", help="skip the deletion/insertion scores")
     attribute.add_argument("--json", action="store_true", help="print results as JSON")
@@ -140,7 +141,8 @@ def run_attribute(args: argparse.Namespace) -> int:
             labels = [f"{Path(p).name}\n{_class_label(spec, first, b, probabilities)}"
                       for b, p in enumerate(args.images)]
             panel = attribution_panel(list(results.values()), captions=captions, image_labels=labels,
-                                      normalization=args.normalization, title=spec.name, columns=args.columns,
+                                      normalization=args.normalization, title=spec.name,
+                                      columns=args.columns or (5 if len(results) > 5 else None),
                                       cell=args.cell)
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             panel.save(args.output)
