@@ -99,8 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     cm.add_argument("--penalty", choices=("l2", "l1"), default="l2", help="default l2 (the paper)")
     cm.add_argument("--weight", type=float, default=None, help="lambda (default 0.1 for l2, 0.05 for l1)")
     cm.add_argument("--steps", type=int, default=256, help="default 256")
-    cm.add_argument("--param", choices=("pixel", "fourier"), default="pixel", help="default pixel")
-    cm.add_argument("--optimizer", choices=("ascent", "adam", "smooth"), default="ascent", help="default ascent")
+    cm.add_argument("--param", choices=("auto", "fourier", "pixel"), default="auto",
+                    help="default auto: fourier (with Adam and Lucid's transforms) from 64 px up; the paper: "
+                         "--param pixel --optimizer ascent")
+    cm.add_argument("--optimizer", choices=("adam", "ascent", "smooth"), default="adam", help="default adam")
     cm.add_argument("--lr", type=float, default=None)
     cm.add_argument("--size", default=None, help="image size (default: the model's input size)")
     cm.add_argument("--octaves", type=int, default=1)
@@ -117,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dr.add_argument("--unit", type=int, default=None, help="amplify one channel instead of the whole layer")
     dr.add_argument("--octaves", type=int, default=4, help="default 4 (scale 1.4 between octaves)")
     dr.add_argument("--steps", type=int, default=10, help="steps per octave (default 10)")
-    dr.add_argument("--lr", type=float, default=None, help="step size (default 0.005 = 1.5/255)")
+    dr.add_argument("--lr", type=float, default=None, help="step size (default 0.002 of the pixel range)")
     dr.add_argument("--levels", type=int, default=4, help="Laplacian pyramid levels (default 4)")
     dr.add_argument("--tile", type=int, default=None, help="tile size (default 2x the model's input size)")
     dr.add_argument("--size", default=None, help="resize the photo first: 512 or HxW")

@@ -55,8 +55,8 @@ def class_model(
     init: Init | Literal["mean"] = None,
     data: Any = None,
     steps: int = 256,
-    param: Literal["pixel", "fourier"] = "pixel",
-    optimizer: Literal["ascent", "adam", "smooth"] = "ascent",
+    param: Literal["auto", "fourier", "pixel"] = "auto",
+    optimizer: Literal["adam", "ascent", "smooth"] = "adam",
     lr: float | None = None,
     transforms: Any = "default",
     blur: float | None = 0.5,
@@ -66,17 +66,21 @@ def class_model(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
-    """Simonyan et al.'s class model: the image maximizing the class score minus `weight * ||I - mean||`.
+    """Simonyan et al.'s class model: the image maximizing the class score minus `weight * ||I - mean||^2`
+    (or the L1 norm).
 
     Args:
         target: a class index or name (`"goldfish"`), or a list (one image per class, rendered in one batch).
         penalty, weight: `"l2"` (the paper; default weight 0.1) or `"l1"` (default 0.05), on pixels in [0, 1]
             relative to the model's mean pixel.
         init: None/"noise" (seeded), "grey", "mean" (the mean of the class's images in `data`), pixels or a path.
-        param, optimizer: pixels with max-abs normalized gradient ascent by default, as in the paper.
-        transforms: "default" = small jitter (a mild robustness prior that keeps the picture readable); None for
-            the paper's plain ascent; "standard" or a `Transforms` otherwise.
-        blur: Gaussian blur of this width every 4 steps (None for none; pixel param only).
+        param, optimizer: by default ("auto") the Fourier parameterization with Adam and Lucid's transforms, which make a
+            readable picture of an ImageNet class; `param="pixel", optimizer="ascent", transforms=None` is the
+            paper's plain gradient ascent on pixels (a faint, noisy image that scores as high). Below 64 pixels
+            "auto" means pixels, as in `render`.
+        transforms: "default" = Lucid's standard chain for Fourier, a small jitter for pixels; None for none;
+            "standard" or a `Transforms` otherwise.
+        blur: Gaussian blur of this width every 4 steps for the pixel parameterization (None for none).
     """
     spec = model if isinstance(model, ModelSpec) else load(model)
     targets = [target] if isinstance(target, (int, str)) else list(target)
@@ -89,12 +93,16 @@ def class_model(
 
             init = _resize(init, _size(size, spec.input_size))
     objective: Objective = class_logit(targets if len(targets) > 1 else targets[0])
+    if param == "auto":
+        from .render import SMALL, _size
+
+        param = "pixel" if min(_size(size, spec.input_size)) < SMALL else "fourier"
     regs: list[Penalty | Projection] = [L2(0.1 if weight is None else weight) if penalty == "l2"
                                         else L1(0.05 if weight is None else weight)]
     if blur and param == "pixel":
         regs.append(Blur(blur, 4))
-    if transforms == "default":
-        transforms = Transforms([jitter(max(1, min(spec.input_size) // 28))])
+    if isinstance(transforms, str) and transforms == "default":
+        transforms = "auto" if param == "fourier" else Transforms([jitter(max(1, min(spec.input_size) // 28))])
     return render(spec, objective, param=param, size=size, steps=steps, optimizer=optimizer, lr=lr,
                   transforms=transforms, regularizers=regs, octaves=octaves, outscale=outscale, init=init, seed=seed,
                   batch=len(targets) if len(targets) > 1 else None, progress=progress)
@@ -122,7 +130,7 @@ def dream(
         image: a path or pixels (C, H, W) in [0, 1]; the result has its size (or `size`).
         layer_name / objective: maximize the mean squared activation of this layer (DeepDream), or any objective.
         octaves: scales from 1 / 1.4^(octaves - 1) of the size up to the full size, `steps` steps each.
-        lr: step of the Laplacian-normalized gradient (default 0.005 of the pixel range, DeepDream's 1.5 / 255);
+        lr: step of the Laplacian-normalized gradient (default 0.002 of the pixel range: the photo stays visible);
             `levels` pyramid bands.
         tile: optimize tiles of this many pixels (default twice the network's input size) with a random roll
             each step, so large photos fit in memory.

@@ -26,7 +26,7 @@ __all__ = ["Step", "Adam", "Ascent", "Laplacian", "Smooth", "make_step", "laplac
            "DEFAULT_LR"]
 
 OptimizerName = Literal["adam", "ascent", "laplacian", "smooth"]
-DEFAULT_LR = {"adam": 0.05, "ascent": 0.01, "laplacian": 0.005, "smooth": 0.01}  # laplacian: DeepDream 1.5/255
+DEFAULT_LR = {"adam": 0.05, "ascent": 0.01, "laplacian": 0.002, "smooth": 0.01}
 PIXELS_ONLY = ("laplacian", "smooth")
 
 
