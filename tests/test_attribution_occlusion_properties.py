@@ -107,6 +107,8 @@ def test_batch_equals_one_by_one_and_keeps_no_graph():
         assert torch.allclose(together.attributions[i], alone.attributions[0], atol=1e-12)
         assert torch.allclose(together.extras["grid"][i], alone.extras["grid"][0], atol=1e-12)
     assert not together.attributions.requires_grad and together.attributions.grad_fn is None
+    for tensor in (together.attributions, together.map, together.scores, together.extras["grid"]):
+        assert not tensor.is_inference()  # usable in autograd code afterwards
 
 
 def test_baselines():

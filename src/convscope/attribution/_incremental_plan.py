@@ -12,8 +12,8 @@ A sliding-window op (kernel k, stride s, padding p, dilation d) changes output r
 [i*s - p, i*s - p + (k-1)*d] meets the changed input rows; pointwise steps keep the rectangle; merge steps take the
 union of their operands'.
 
-The plan also holds the gather indices (`_incremental_gather`) that assemble each step's input slices, so images of
-a batch reuse them.
+The plan also holds the gather indices (`_incremental_gather`) that assemble each step's input slices, so every
+image of the input batch reuses them.
 """
 
 from __future__ import annotations

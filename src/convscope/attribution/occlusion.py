@@ -216,12 +216,15 @@ def occlusion(
             drops.append(torch.cat([clean - scorer(v, b) for v in values]))
             clean_scores.append(clean)
         grid = torch.stack(drops).view(x.shape[0], n_rows, n_cols)
-        attributions = _spread(grid, windows, n_rows, n_cols, size).unsqueeze(1).expand_as(x).clone()
+        attributions = _spread(grid, windows, n_rows, n_cols, size).unsqueeze(1).expand_as(x)
+    # copies made outside inference mode are ordinary tensors, usable later in autograd code
+    grid, attributions, scores = grid.clone(), attributions.clone(), torch.cat(clean_scores).clone()
+    classes = None if resolved.classes is None else resolved.classes.clone()
     params = {"window": list(window), "stride": list(stride), "score": score,
               "baseline": baseline if isinstance(baseline, (int, float, str)) else "tensor",
               "engine": "incremental" if engine is not None else "plain"}
     return make_attribution(spec, "occlusion", attributions=attributions, map=attributions[:, 0], inputs=x,
-                            scores=torch.cat(clean_scores), classes=resolved.classes, target=target, params=params,
+                            scores=scores, classes=classes, target=target, params=params,
                             extras={"grid": grid})
 
 
