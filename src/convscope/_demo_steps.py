@@ -119,9 +119,11 @@ def visualize_channel(ctx: DemoContext):
 
 @step("Class model: goldfish")
 def class_model(ctx: DemoContext):
-    n = steps(ctx, 256, 16)
-    cli(ctx, f"class-model {MOBILENET} --target goldfish --steps {n} -o {{out}}/class-goldfish.png")
-    return [("class-goldfish.png", "Simonyan et al.'s class model of 'goldfish' for MobileNetV2.")]
+    n = steps(ctx, 128, 16)
+    cli(ctx, f"class-model {MOBILENET} --target goldfish --param fourier --optimizer adam --steps {n} "
+             f"-o {{out}}/class-goldfish.png")
+    return [("class-goldfish.png", "A class model of 'goldfish' for MobileNetV2 (Simonyan et al.'s objective, "
+                                   "Fourier parameterization with decorrelated colour).")]
 
 
 @step("DeepDream from a photo")
