@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per render (default 256, quick 16)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,16)")
     parser.add_argument("--repeats", type=int, default=1, help="timings per setting; the median is reported")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both tools (default 1: on a shared machine, idle OpenMP threads "
-                             "spin and blur both clocks)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both tools (default: torch's, one per core); 1 is steadier on a "
+                             "shared machine, where idle OpenMP threads spin and blur both clocks")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = args.steps or (16 if args.quick else 256)
     sizes = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 4] if args.quick else [1, 8, 16])
     model = googlenet()
