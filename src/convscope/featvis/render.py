@@ -16,7 +16,6 @@ renders the same whether its units are rendered in one batch or in chunks.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from ..errors import ConvscopeError, InputShapeError, NonFiniteError
 from ..models import ModelSpec, load
 from ..results import Recipe
 from ._fuse import fusions
+from ._loop import _asleep, _objective_grad, _Runner
 from ._redirect import RedirectedReLU
 from .objectives import OUTPUT, Objective, as_objective
 from .params import Parameterization, make_param
@@ -131,63 +131,6 @@ def _transforms(value: Any, size: tuple[int, int]) -> Transforms:
     if isinstance(value, Sequence) and all(isinstance(v, Transform) for v in value):
         return Transforms(value)
     raise TypeError(f"transforms must be 'standard', None, a Transforms or a list of Transform, got {value!r}")
-
-
-class _Runner:
-    """Runs the frozen model up to the objective's layers and returns `{layer: activation}`."""
-
-    def __init__(self, spec: ModelSpec, objective: Objective, cap: hooks.Capture):
-        self.spec, self.objective, self.cap = spec, objective, cap
-        self.needs_output = OUTPUT in objective.layers
-
-    def acts(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.spec.normalize(pixels)
-        if x.ndim == 4:  # oneDNN's channels-last kernels (conv, pooling) are much faster on CPU; values unchanged
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = self.cap.run(x)
-        acts = dict(self.cap.activations) if self.cap.requested else {}
-        if self.needs_output:
-            acts[OUTPUT] = out
-        return acts
-
-    def values(self, objective: Objective, pixels: torch.Tensor) -> torch.Tensor:
-        return objective(self.acts(pixels))
-
-
-def _tiles(length: int, tile: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    n = math.ceil(length / tile)
-    return [round(k * (length - tile) / (n - 1)) for k in range(n)]
-
-
-def _objective_grad(run: _Runner, objective: Objective, x: torch.Tensor, tile: int | None,
-                    roll: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values (B,), d sum(values) / d x) for the transformed pixels `x`, tile by tile when `x` exceeds `tile`."""
-    height, width = x.shape[-2:]
-    if tile is None or (height <= tile and width <= tile):
-        values = run.values(objective, x)
-        (grad,) = torch.autograd.grad(values.sum(), x)
-        return values.detach(), grad
-    # DeepDream: roll by a random offset so tile seams move every step, sum the tiles' objectives
-    dy, dx = (int(v) for v in torch.randint(0, 1 << 30, (2,), generator=roll))
-    dy, dx = dy % height, dx % width
-    rolled = torch.roll(x.detach(), (dy, dx), (2, 3))
-    grad = torch.zeros_like(rolled)
-    values = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for top in _tiles(height, tile):
-        for left in _tiles(width, tile):
-            piece = rolled[..., top : top + tile, left : left + tile].requires_grad_(True)
-            v = run.values(objective, piece)
-            (g,) = torch.autograd.grad(v.sum(), piece)
-            grad[..., top : top + tile, left : left + tile] += g
-            values += v.detach()
-    return values, torch.roll(grad, (-dy, -dx), (2, 3))
-
-
-def _asleep(values: torch.Tensor) -> torch.Tensor:
-    """Indices of the items whose objective is exactly zero (no gradient through their ReLUs)."""
-    return torch.nonzero(values == 0).flatten().cpu()
 
 
 def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: str | Parameterization,
