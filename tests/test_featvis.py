@@ -315,3 +315,35 @@ def test_auto_defaults_pick_pixels_for_small_images_and_fourier_for_large():
     large = render(spec_of(model), channel("2", 1), steps=1, size=64)
     assert small.recipe.params["param"] == "pixel" and small.recipe.params["transforms"] == []
     assert large.recipe.params["param"] == "fourier" and len(large.recipe.params["transforms"]) == 5
+
+
+def test_batchnorm_folding_keeps_activations_and_leaves_the_model_alone():
+    from convscope.featvis._fuse import fusions
+
+    model = tiny()
+    with torch.no_grad():
+        model[3].running_mean.uniform_(-1, 1)
+        model[3].running_var.uniform_(0.5, 2)
+    before = copy.deepcopy(model.state_dict())
+    probe = torch.rand(1, 3, 24, 24)
+    replacements = fusions(model, probe, ["7"])
+    assert set(replacements) == {"2", "3"}
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        plain = model(x)
+        with hooks.swap_modules(model, replacements):
+            folded = model(x)
+    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+    assert fusions(model, probe, ["2"]) == {}  # the objective reads the conv itself: nothing folded
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and hooks.hook_count(model) == 0
+
+
+def test_saved_tensor_bytes_counts_what_autograd_keeps():
+    conv = nn.Conv2d(3, 8, 3)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with hooks.saved_tensor_bytes() as counter:
+        conv(x).relu().sum()
+    assert counter.bytes >= x.numel() * 4
+    with torch.no_grad(), hooks.saved_tensor_bytes() as idle:
+        conv(x).relu().sum()
+    assert idle.bytes == 0
