@@ -347,3 +347,41 @@ def test_saved_tensor_bytes_counts_what_autograd_keeps():
     with torch.no_grad(), hooks.saved_tensor_bytes() as idle:
         conv(x).relu().sum()
     assert idle.bytes == 0
+
+
+def test_regularizers_do_what_their_names_say():
+    from convscope.featvis import (
+        ClipContribution,
+        ClipNorm,
+        ColorPenalty,
+        Decay,
+        EdgePenalty,
+        TotalVariation,
+        sharpness,
+    )
+    from convscope.featvis.regularizers import gaussian_blur
+
+    center = torch.full((1, 3, 1, 1), 0.5)
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    checker = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float().expand(1, 3, 16, 16)
+    for penalty in (TotalVariation(), EdgePenalty(), ColorPenalty()):
+        assert penalty(flat, center).item() < 1e-3 < penalty(checker, center).item()
+    assert TotalVariation()(gaussian_blur(checker, 1.0), center) < TotalVariation()(checker, center)
+    edge = [sharpness(s)[0](checker, center).item() for s in (0, 5, 10)]
+    assert edge[0] > edge[1] > edge[2] > 0
+    x = torch.rand(2, 3, 10, 10)
+    torch.testing.assert_close(Decay(0.25)(x, None, 0, center) - center, 0.75 * (x - center))
+    clipped = ClipNorm(30)(x, None, 0, center)
+    kept = ((clipped - center).abs().sum(1) > 0).flatten(1).float().mean(1)
+    assert ((kept - 0.7).abs() < 0.02).all()  # the 30 % of pixels with the smallest norm were set to the centre
+    grad = torch.zeros_like(x)
+    grad[..., :5] = 1.0  # only the left half contributes
+    left = ClipContribution(50)(x, grad, 0, center)
+    assert torch.equal(left[..., 5:], center.expand(2, 3, 10, 5)) and torch.equal(left[..., :5], x[..., :5])
+
+
+def test_smooth_optimizer_options_reach_the_update_rule():
+    vis = render(spec_of(tiny()), channel("2", 1), steps=6, size=16, param="pixel", optimizer="smooth",
+                 optimizer_options={"widths": (1.0, 2.0), "rounds": 2})
+    assert vis.recipe.params["optimizer_options"] == {"widths": (1.0, 2.0), "rounds": 2}
+    assert vis.values[0] > vis.start_values[0]

@@ -137,7 +137,8 @@ def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: st
               sizes: list[tuple[int, int]], steps: int, optimizer: str, lr: float | None,
               transforms: Transforms, penalties: list[Penalty], projections: list[Projection],
               init: torch.Tensor | str, seed: int, decorrelate: bool, tile: int | None, center: torch.Tensor,
-              levels: int, tick: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              levels: int, optimizer_options: dict[str, Any] | None,
+              tick: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimize one chunk of items; returns (pixels (B, C, H, W), start values (B,), trace (steps, B))."""
     spec = run.spec
     gens = item_generators(seed, items)
@@ -164,7 +165,7 @@ def _optimize(run: _Runner, objective: Objective, items: list[int], *, param: st
                 module.set_pixels(_resize(base, size).to(previous) + _resize(previous - lower + 0.5, size) - 0.5)
         params = [p for p in module.parameters() if p.requires_grad]
         options = {"levels": levels} if optimizer == "laplacian" else {}
-        step = make_step(optimizer, params, lr, **options)
+        step = make_step(optimizer, params, lr, **options, **(optimizer_options or {}))
         for t in range(steps):
             pixels = module()
             if not torch.isfinite(pixels).all():
@@ -236,6 +237,7 @@ def render(
     tile: int | None = None,
     decorrelate: bool = True,
     levels: int = 4,
+    optimizer_options: dict[str, Any] | None = None,
     fuse: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
@@ -268,6 +270,8 @@ def render(
         tile: optimize images larger than `tile` pixels tile by tile (the objective becomes the sum over tiles).
         decorrelate: colour decorrelation of the Fourier parameterization (3-channel models).
         levels: Laplacian pyramid levels of the "laplacian" optimizer.
+        optimizer_options: more options of the update rule, e.g. `{"widths": (0.5, 1, 2), "rounds": 2}` for
+            "smooth" (blur widths in pixels, recursive rounds).
         fuse: fold eval-mode BatchNorm into the preceding convolutions for the render (on copies; the same
             function up to float rounding, checked on a probe; the model itself is untouched).
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
@@ -349,6 +353,7 @@ def render(
                 run, sub, items, param=param, sizes=sizes, steps=steps, optimizer=optimizer, lr=lr,
                 transforms=chain, penalties=penalties, projections=projections, init=pixels_init, seed=seed,
                 decorrelate=decorrelate, tile=tile, center=center, levels=levels,
+                optimizer_options=optimizer_options,
                 tick=lambda k, m=len(items): tick(k, m))
             images.append(img)
             starts.append(start)
@@ -372,6 +377,7 @@ def render(
             "size": list(size), "octave_sizes": [list(s) for s in sizes], "steps": steps, "optimizer": optimizer,
             "lr": lr, "transforms": chain.describe(), "regularizers": [repr(r) for r in regs],
             "octaves": octaves, "outscale": outscale, "decorrelate": decorrelate, "levels": levels,
+            "optimizer_options": optimizer_options or {},
             "init": init if isinstance(init, (str, type(None))) else str(init) if isinstance(init, Path)
             else f"tensor{tuple(init.shape)}", "seed": seed, "batch": n, "chunk": chunk, "tile": tile,
             "fused_batchnorms": len(folded) // 2,
