@@ -17,18 +17,9 @@ from torch import nn
 from convscope.attribution.occlusion import occlusion
 from convscope.hooks import hook_count
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 TOL = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared, busy machine spend most of their time waiting for each other: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallCNN(nn.Module):

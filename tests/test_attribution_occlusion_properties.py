@@ -16,13 +16,7 @@ from convscope.errors import InputShapeError, LayerNotFoundError, OptionError, T
 from convscope.hooks import hook_count
 from convscope.models import spec_for_module
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(c: int = 2, h: int = 6, w: int = 5) -> nn.Module:

@@ -13,14 +13,7 @@ from convscope.featvis.inversion import invert, total_variation
 from convscope.hooks import hook_count
 from convscope.models import ModelSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: thread hand-offs cost more than the arithmetic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _photo(size: int = 32) -> torch.Tensor:

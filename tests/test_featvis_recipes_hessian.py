@@ -16,13 +16,7 @@ from convscope.featvis.render import render
 from convscope.hooks import function_mode, hook_count
 from convscope.models import ModelSpec, load
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(module: nn.Module, size: int, channels: int = 1) -> ModelSpec:

@@ -15,14 +15,7 @@ from convscope.errors import ConvscopeError
 from convscope.models import load, train
 from convscope.models.files import read_safetensors
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a shared 2-core machine two OpenMP threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_arrays(n: int = 64, size: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
