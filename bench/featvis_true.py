@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=8, help="first N channels of each layer (default 8)")
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--size", type=int, default=None, help="render size (default: the model's input size)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 layers, 4 channels, 32 steps")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.channels, args.steps = "features.4,features.10", 4, 32
     spec = load(args.model)
     layers = args.layers.split(",")
     inputs = photos(spec)
