@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per render (default 256, quick 16)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,16)")
     parser.add_argument("--repeats", type=int, default=1, help="timings per setting; the median is reported")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both tools (default: torch's, one per core); 1 is steadier on a "
-                             "shared machine, where idle OpenMP threads spin and blur both clocks")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both tools (default 1, as bench.attribution: steadier on a shared "
+                             "machine, where idle OpenMP threads spin and blur both clocks)")
+    parser.add_argument("--save", action="store_true", help="also write bench/results/featvis.json")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.threads:
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "rows": rows,
                "targets": "x2 for one channel, x3 per channel in a batch (CPU time)", "targets_met": verdict}
+    if args.save:
+        from pathlib import Path
+
+        out = Path(__file__).parent / "results" / "featvis.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
     if args.json:
         json.dump(payload, sys.stdout, indent=2)
         print()

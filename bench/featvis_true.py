@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="render size (default: the model's input size)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 layers, 4 channels, 32 steps")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--save", action="store_true", help="also write bench/results/featvis_true.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.layers, args.channels, args.steps = "features.4,features.10", 4, 32
     spec = load(args.model)
@@ -67,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     summary = {"model": args.model, "photos": len(inputs), "steps": args.steps, "rows": rows,
                "all_beat": all(r["beats"] for r in rows)}
+    if args.save:
+        from pathlib import Path
+
+        out = Path(__file__).parent / "results" / "featvis_true.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
