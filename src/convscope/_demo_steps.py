@@ -152,6 +152,6 @@ def adversarial(ctx: DemoContext):
 @step("Invariances from the Hessian")
 def invariances(ctx: DemoContext):
     n = steps(ctx, 128, 16)
-    cli(ctx, f"invariances {FASHION} --layer conv2 --unit 5 --steps {n} -o {{out}}/invariances.png")
-    return [("invariances.png", "Fashion-MNIST CNN conv2:5 at its optimum, moved along the flattest and steepest "
+    cli(ctx, f"invariances {FASHION} --layer conv2 --unit 12 --steps {n} -o {{out}}/invariances.png")
+    return [("invariances.png", "Fashion-MNIST CNN conv2:12 at its optimum, moved along the flattest and steepest "
                                 "Hessian directions.")]
