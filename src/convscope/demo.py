@@ -69,7 +69,9 @@ def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
     ctx = DemoContext(out=out, device=device, quick=quick)
     lines = ["# convscope gallery", "", "Made by `make demo` (`convscope demo -o docs/gallery`).", ""]
     failed = 0
-    for title, fn in STEPS:
+    sections = out / "sections"  # one markdown fragment per step, so `--only` refreshes a step, not the gallery
+    sections.mkdir(exist_ok=True)
+    for number, (title, fn) in enumerate(STEPS):
         if only and not any(o.lower() in title.lower() for o in only):
             continue
         start = time.perf_counter()
@@ -84,12 +86,15 @@ def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
             print(f"demo: {title}: FAILED\n{traceback.format_exc()}", flush=True)
             continue
         print(f"demo: {title}: done in {time.perf_counter() - start:.1f}s", flush=True)
-        lines += [f"## {title}", ""]
+        section = [f"## {title}", ""]
         for name, caption in produced:
             if name.endswith(".txt"):
-                lines += [caption, "", "```", (out / name).read_text().rstrip(), "```", ""]
+                section += [caption, "", "```", (out / name).read_text().rstrip(), "```", ""]
             else:
-                lines += [f"![{caption}]({name})", "", caption, ""]
+                section += [f"![{caption}]({name})", "", caption, ""]
+        (sections / f"{number:02d}.md").write_text("\n".join(section))
+    for fragment in sorted(sections.glob("*.md")):
+        lines.append(fragment.read_text())
     (out / "gallery.md").write_text("\n".join(lines))
     print(f"demo: wrote {out / 'gallery.md'}" + (f"; {failed} step(s) failed" if failed else ""))
     return 1 if failed else 0
