@@ -1,7 +1,8 @@
 """Backward rules for rectifiers: how DeconvNet and guided backpropagation change the gradient of a ReLU.
 
-A rule is a tiny class with one job: given the gradient arriving at a rectifier's output and the rectifier's forward
-mask (where it passed its input through), return the gradient sent to its input.
+A rule is a tiny class with one job: given the gradient arriving at a rectifier's output and `through`, the
+rectifier's true backward (keep the gradient where the forward pass let the input through), return the gradient sent
+to its input.
 
 - `Gradient`: the true gradient, `g * mask`.
 - `Deconv` (Zeiler & Fergus 2014): `max(g, 0)`, ignoring the forward mask.
@@ -25,6 +26,7 @@ backward (Grad-CAM) and a guided backward (Guided Grad-CAM).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -42,15 +44,15 @@ class Gradient:
     """The true gradient of the rectifier."""
 
     @staticmethod
-    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.where(mask, grad, 0.0)
+    def backward(grad: torch.Tensor, through: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return through(grad)
 
 
 class Deconv:
     """DeconvNet: pass positive gradients, whatever the forward pass did."""
 
     @staticmethod
-    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def backward(grad: torch.Tensor, through: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         return grad.clamp_min(0.0)
 
 
@@ -58,34 +60,45 @@ class Guided:
     """Guided backpropagation: positive gradients, and only where the forward pass was active."""
 
     @staticmethod
-    def backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.where(mask & (grad > 0), grad, 0.0)
+    def backward(grad: torch.Tensor, through: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return through(grad).clamp_min_(0.0)
 
 
 RULES: dict[str, type] = {"gradient": Gradient, "deconvnet": Deconv, "guided": Guided}
 
 
 class _Rectify(torch.autograd.Function):
-    """`func(x)` in forward (in place when asked); the owning mode's current rule in backward."""
+    """`func(x)` in forward (in place when asked); the owning mode's current rule in backward.
+
+    A rule gets `through(g)`, the rectifier's true backward (g where the forward pass let x through, else 0). For
+    ReLU that is torch's own `threshold_backward` on the saved output, as for `torch.relu`; a clipped ReLU saves
+    its open-interval mask instead (its input may be overwritten in place).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mode: "RectifierRules", low: float, high: float | None,
                 inplace: bool) -> torch.Tensor:
-        mask = x > low if high is None else (x > low) & (x < high)
-        ctx.mode = mode
-        ctx.save_for_backward(mask)  # a fresh tensor: later in-place ops on x cannot invalidate it
+        ctx.mode, ctx.clipped = mode, high is not None
         if high is None:
             out = torch.relu_(x) if inplace else torch.relu(x)
         else:
+            mask = (x > low) & (x < high)
             out = F.hardtanh(x, low, high, inplace=inplace)
         if inplace:
             ctx.mark_dirty(x)
+        ctx.save_for_backward(mask if high is not None else out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return RULES[ctx.mode.rule].backward(grad, mask), None, None, None, None
+        (saved,) = ctx.saved_tensors
+        if ctx.clipped:
+            def through(g: torch.Tensor) -> torch.Tensor:
+                return torch.where(saved, g, 0.0)
+        else:
+            def through(g: torch.Tensor) -> torch.Tensor:
+                return torch.ops.aten.threshold_backward(g, saved, 0.0)
+        return RULES[ctx.mode.rule].backward(grad, through), None, None, None, None
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
