@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvscopeError, UnitSyntaxError
-from ._common import add_model_args, load_spec, print_json
+from ._common import add_model_args, add_output, load_spec, print_json
 
 
 def parse_units(text: str) -> list[int]:
@@ -51,11 +51,6 @@ def _progress(label: str):
     return bar, update
 
 
-def _add_output(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("-o", "--output", default=default, help=f"PNG to write (default {default}); the recipe "
-                                                                "goes beside it as .json")
-    parser.add_argument("--json", action="store_true", help="print the activations and the recipe as JSON")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     vis = sub.add_parser("visualize", help="synthesize the image a unit, channel or layer responds to most",
@@ -86,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.add_argument("--batch", type=int, default=None, help="units per optimization run (default: all)")
     vis.add_argument("--memory-budget", default=None, help="e.g. 2GB: choose the batch size to fit")
     vis.add_argument("--columns", type=int, default=None, help="grid columns")
-    _add_output(vis, "visualize.png")
+    add_output(vis, "visualize.png", "print the activations and the recipe as JSON")
     vis.set_defaults(handler=run_visualize)
 
     cm = sub.add_parser("class-model", help="the image a class scores highest on (Simonyan et al. 2014)",
@@ -107,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cm.add_argument("--size", default=None, help="image size (default: the model's input size)")
     cm.add_argument("--octaves", type=int, default=1)
     cm.add_argument("--outscale", type=float, default=1.0)
-    _add_output(cm, "class-model.png")
+    add_output(cm, "class-model.png", "print the activations and the recipe as JSON")
     cm.set_defaults(handler=run_class_model)
 
     dr = sub.add_parser("dream", help="DeepDream: amplify what a layer sees in a photo",
@@ -123,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dr.add_argument("--levels", type=int, default=4, help="Laplacian pyramid levels (default 4)")
     dr.add_argument("--tile", type=int, default=None, help="tile size (default 2x the model's input size)")
     dr.add_argument("--size", default=None, help="resize the photo first: 512 or HxW")
-    _add_output(dr, "dream.png")
+    add_output(dr, "dream.png", "print the activations and the recipe as JSON")
     dr.set_defaults(handler=run_dream)
 
 

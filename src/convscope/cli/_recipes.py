@@ -6,7 +6,7 @@ import argparse
 from fractions import Fraction
 
 from ..errors import OptionError
-from ._common import add_model_args, device, load_spec, print_json, progress
+from ._common import add_model_args, add_output, device, load_spec, print_json, progress
 
 
 def _fraction(text: str) -> float:
@@ -24,11 +24,6 @@ def _unit(args: argparse.Namespace) -> str:
     return f"{args.layer}:{unit}"
 
 
-def _output(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("-o", "--output", default=default, help=f"picture to write (PNG; default {default}); the "
-                                                                 "recipe goes beside it as .json")
-    parser.add_argument("--json", action="store_true", help="print the numbers and recipe as JSON")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     invert = sub.add_parser("invert", help="reconstruct an image from a layer's code (Mahendran & Vedaldi)",
@@ -44,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     invert.add_argument("--beta", type=float, default=2.0, help="TV exponent (default 2)")
     invert.add_argument("--jitter", type=int, default=0, help="random shift in pixels per step (default 0)")
     invert.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
-    _output(invert, "inversion.png")
+    add_output(invert, "inversion.png")
     invert.set_defaults(handler=run_invert)
 
     adv = sub.add_parser("adversarial", help="fooling images: FGSM / PGD adversarial examples",
@@ -60,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     adv.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     adv.add_argument("--step-size", type=_fraction, default=None, help="PGD step (default 2.5 * eps / steps)")
     adv.add_argument("--no-random-start", action="store_true", help="PGD starts at the image, not a random point")
-    _output(adv, "adversarial.png")
+    add_output(adv, "adversarial.png")
     adv.set_defaults(handler=run_adversarial)
 
     inv = sub.add_parser("invariances", help="Hessian eigen-directions of a unit at its optimum",
@@ -78,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inv.add_argument("--resolution", type=int, default=12, help="directions constant on this grid of blocks per "
                                                                 "channel (default 12; 0 = every pixel)")
     inv.add_argument("--points", type=int, default=5, help="images per strip (default 5)")
-    _output(inv, "invariances.png")
+    add_output(inv, "invariances.png")
     inv.set_defaults(handler=run_invariances)
 
     evo = sub.add_parser("evolution", help="one unit rendered from several training checkpoints",
@@ -93,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evo.add_argument("--param", choices=("fourier", "pixel"), default="fourier", help="default fourier")
     evo.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate (small inputs "
                                                                    "like 28x28 often render better without)")
-    _output(evo, "evolution.png")
+    add_output(evo, "evolution.png")
     evo.set_defaults(handler=run_evolution)
 
 
