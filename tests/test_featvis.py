@@ -318,7 +318,7 @@ def test_auto_defaults_pick_pixels_for_small_images_and_fourier_for_large():
 
 
 def test_batchnorm_folding_keeps_activations_and_leaves_the_model_alone():
-    from convscope.featvis._fuse import fusions
+    from convscope._fold import fusions
 
     model = tiny()
     with torch.no_grad():

@@ -13,7 +13,8 @@ accepts (a `ModelSpec`, an `nn.Module`, or a model string); `inputs` is a normal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ import torch
 from torch import nn
 
 from ..errors import InputShapeError, NonFiniteError, TargetError
-from ..hooks import capture
+from .._fold import folded
+from ..hooks import capture, frozen
 from ..layers import Unit, check_unit, parse_unit
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
 
 __all__ = ["Attribution", "Target", "ResolvedTarget", "resolve_target", "as_spec", "check_inputs", "forward_scores",
-           "forward_target", "select_target", "target_param", "unit_score", "make_attribution", "abs_max", "clean_pass"]
+           "forward_target", "select_target", "target_param", "unit_score", "make_attribution", "abs_max", "clean_pass",
+           "running"]
 
 Target = int | str | Unit | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -52,6 +55,21 @@ def check_inputs(spec: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(inputs).all():
         raise NonFiniteError("inputs contain NaN or infinite values")
     return inputs.detach().to(spec.device, spec.dtype)
+
+
+@contextlib.contextmanager
+def running(spec: ModelSpec, inputs: torch.Tensor, target: "ResolvedTarget",
+            layers: Sequence[str] = ()) -> Iterator[None]:
+    """The block runs `spec.module` frozen (eval mode, no weight gradients; restored on exit) with its eval-mode
+    BatchNorms folded into the convolutions before them (`convscope._fold`; not around the target's layer or
+    `layers`, whose outputs must stay those of the model as written). `inputs` (B, C, H, W) sets the input size.
+
+    For forward passes and gradients at a layer (Grad-CAM, deletion/insertion scores). Gradients with respect to
+    the input do not use it: folding changes float32 rounding by ~1e-7, and where a max-pool's window holds near-equal
+    values that can move its argmax, so the input gradient at a few pixels would differ from the model as written."""
+    keep = [*layers, *([target.layer] if target.layer is not None else [])]
+    with frozen(spec.module), folded(spec.module, inputs[:1], keep):
+        yield
 
 
 @dataclass(frozen=True)
@@ -231,7 +249,8 @@ def make_attribution(spec: ModelSpec, method: str, *, attributions: torch.Tensor
     """Build the result (everything detached) with its recipe: model, method, target as given, options."""
     recipe = Recipe(kind=method, model=spec.describe(),
                     params={"method": method, "target": target_param(target), **params})
-    return Attribution(attributions=attributions.detach(), map=map.detach(), inputs=inputs.detach(),
+    return Attribution(attributions=attributions.detach().contiguous(), map=map.detach().contiguous(),
+                       inputs=inputs.detach(),
                        scores=scores.detach(), classes=None if classes is None else classes.detach(),
                        method=method, recipe=recipe,
                        extras={k: v.detach() for k, v in (extras or {}).items()}, spec=spec)

@@ -20,7 +20,7 @@ from ..errors import TargetError
 from ..hooks import frozen, function_mode, record_calls, split_call
 from ..models import ModelSpec
 from ._core import Attribution, Target, abs_max, as_spec, check_inputs, forward_target, make_attribution, \
-    resolve_target
+    resolve_target, running
 from ._rules import RectifierRules, Rectifiers
 
 __all__ = ["gradcam", "guided_gradcam", "default_layer"]
@@ -121,7 +121,7 @@ def gradcam(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target: Ta
     x = check_inputs(spec, inputs)
     name = _layer_name(spec, layer, x)
     resolved = resolve_target(spec, target, x, predict=False)
-    with frozen(spec.module):
+    with running(spec, x, resolved, [name]):
         cam, _, scores, classes = _gradcam_pass(spec, x, resolved, name, relu, False, "all")
     up = _upsample(cam, x.shape[2:], upsample)
     return make_attribution(spec, "gradcam", attributions=up, map=up[:, 0], inputs=x, scores=scores, classes=classes,
@@ -142,6 +142,8 @@ def guided_gradcam(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, tar
     x = check_inputs(spec, inputs)
     name = _layer_name(spec, layer, x)
     resolved = resolve_target(spec, target, x, predict=False)
+    # The guided backward runs to the input through max-pools, whose argmax a float32 rounding change (folding)
+    # can flip on near-ties: run the model as written, as for saliency and guided backprop.
     with frozen(spec.module):
         cam, guided, scores, classes = _gradcam_pass(spec, x, resolved, name, True, True, rectifiers)
     attributions = guided * _upsample(cam, x.shape[2:], upsample)

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputShapeError, OptionError, TargetError
-from ..hooks import frozen
 from ..models import ModelSpec
 from ..results import Recipe, ResultMixin
 from ._core import Attribution, ResolvedTarget, Target, as_spec, check_inputs, forward_target, resolve_target, \
-    select_target, target_param
+    running, select_target, target_param
 from ._sanity import RandomizationCheck, randomization, spearman
 
 __all__ = ["Curves", "deletion", "insertion", "randomization", "RandomizationCheck", "blur", "spearman"]
@@ -150,7 +149,7 @@ def _curves(kind: str, model: ModelSpec | nn.Module | str, attribution: Attribut
     counts = (torch.arange(steps + 1, device=x.device) * pixels + steps // 2) // steps
     total = batch * (steps + 1)
     curves = torch.empty(total, dtype=torch.float64, device=x.device)
-    with frozen(spec.module), torch.inference_mode():
+    with running(spec, x, resolved), torch.inference_mode():
         for first in range(0, total, batch_size):
             flat = torch.arange(first, min(first + batch_size, total), device=x.device)
             b, k = flat // (steps + 1), flat % (steps + 1)

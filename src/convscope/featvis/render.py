@@ -28,7 +28,7 @@ from .. import hooks
 from ..errors import ConvscopeError, InputShapeError, NonFiniteError
 from ..models import ModelSpec, load
 from ..results import Recipe
-from ._fuse import fusions
+from .._fold import folded
 from ._loop import _asleep, _objective_grad, _Runner
 from ._redirect import RedirectedReLU
 from .objectives import OUTPUT, Objective, as_objective
@@ -332,8 +332,7 @@ def render(
         stack.enter_context(hooks.frozen(module))
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
-        folded = fusions(module, native, objective.layers) if fuse else {}
-        stack.enter_context(hooks.swap_modules(module, folded))
+        fused = stack.enter_context(folded(module, native, objective.layers)) if fuse else 0
         cap = stack.enter_context(hooks.capture(module, layers, detach=False, stop=OUTPUT not in objective.layers))
         run = _Runner(spec, objective, cap)
         with torch.no_grad():
@@ -380,7 +379,7 @@ def render(
             "optimizer_options": optimizer_options or {},
             "init": init if isinstance(init, (str, type(None))) else str(init) if isinstance(init, Path)
             else f"tensor{tuple(init.shape)}", "seed": seed, "batch": n, "chunk": chunk, "tile": tile,
-            "fused_batchnorms": len(folded) // 2,
+            "fused_batchnorms": fused,
         },
     )
     return Visualization(images=images_t, values=values, start_values=start_values, trace=trace_t, dead=dead,
