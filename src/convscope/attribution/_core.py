@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputShapeError, NonFiniteError, TargetError
+from ..errors import TargetError
 from .._fold import folded
 from ..hooks import capture, frozen
 from ..layers import Unit, check_unit, parse_unit
@@ -46,15 +46,7 @@ def check_inputs(spec: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor (B, C, H, W), got {type(inputs).__name__}; "
                         "use spec.preprocess(image) for a file")
-    if inputs.ndim == 3:
-        inputs = inputs.unsqueeze(0)
-    if inputs.ndim != 4:
-        raise InputShapeError(f"inputs must have shape (B, C, H, W), got {tuple(inputs.shape)}")
-    if inputs.shape[1] != spec.channels:
-        raise InputShapeError(f"inputs have {inputs.shape[1]} channels; model {spec.name!r} takes {spec.channels}")
-    if not torch.isfinite(inputs).all():
-        raise NonFiniteError("inputs contain NaN or infinite values")
-    return inputs.detach().to(spec.device, spec.dtype)
+    return spec.batch(inputs, "inputs")
 
 
 @contextlib.contextmanager

@@ -62,23 +62,13 @@ def as_pixels(spec: ModelSpec, image: ImageLike) -> torch.Tensor:
     resize); it must have the model's channel count.
     """
     if isinstance(image, torch.Tensor):
-        pixels = image.detach()
-        if pixels.ndim == 3:
-            pixels = pixels.unsqueeze(0)
-        if pixels.ndim != 4:
-            raise InputShapeError(f"image tensor must be (C, H, W) or (B, C, H, W) pixels, got {tuple(image.shape)}")
-        if pixels.shape[1] != spec.channels:
-            raise InputShapeError(f"image has {pixels.shape[1]} channels; model {spec.name!r} takes {spec.channels}")
-        if not torch.isfinite(pixels).all():
-            raise NonFiniteError("image holds NaN or infinite values")
+        pixels = spec.batch(image, "image tensor")
         lo, hi = float(pixels.min()), float(pixels.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise BadImageError(f"image tensor values span [{lo:.3g}, {hi:.3g}]; give pixels in [0, 1] "
                                 "(spec.to_pixels(image), not spec.preprocess(image))")
-        pixels = pixels.clamp(0, 1)
-    else:
-        pixels = spec.to_pixels(image)
-    return pixels.to(spec.device, spec.dtype)
+        return pixels.clamp(0, 1)
+    return spec.to_pixels(image).to(spec.device, spec.dtype)
 
 
 def total_variation(pixels: torch.Tensor, beta: float = 2.0) -> torch.Tensor:

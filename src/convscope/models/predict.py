@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DatasetError, InputShapeError, TargetError
+from ..errors import DatasetError, TargetError
 from ..hooks import frozen
 from ..results import Recipe
 from .loading import load
@@ -60,10 +60,9 @@ def _pixels(spec: ModelSpec, image: ImageLike) -> torch.Tensor:
     from ..data.images import resize_crop
 
     if isinstance(image, torch.Tensor):
-        if image.ndim not in (3, 4):
-            raise InputShapeError(f"pixels must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
-        pixels = image.unsqueeze(0) if image.ndim == 3 else image
-        pixels = match_channels(pixels.detach().float().cpu(), spec.channels, "input")
+        if image.ndim in (3, 4):  # gray <-> RGB is converted, as for image files
+            image = match_channels(image.float(), spec.channels, "input")
+        pixels = spec.batch(image, "pixels").to("cpu", torch.float32)  # kept with the file images until batched
         return resize_crop(pixels, spec.input_size, spec.resize)
     return spec.to_pixels(image)
 

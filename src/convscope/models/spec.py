@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import TargetError, suggest
+from ..errors import InputShapeError, NonFiniteError, TargetError, suggest
 
 __all__ = ["ModelSpec"]
 
@@ -61,6 +61,25 @@ class ModelSpec:
         for p in self.module.parameters():
             return p.dtype
         return torch.float32
+
+    def batch(self, tensor: torch.Tensor, what: str = "inputs") -> torch.Tensor:
+        """A tensor (C, H, W) or (B, C, H, W) for this model -> (B, C, H, W), detached, on the model's device and
+        dtype (no copy if already there). Only the layout is checked, not the value range: callers know whether they
+        hold pixels or normalized inputs. `what` names the tensor in errors.
+
+        Raises `InputShapeError` for other dimensions or another channel count, `NonFiniteError` for NaN or infinity.
+        """
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{what} must be a tensor (C, H, W) or (B, C, H, W), got {type(tensor).__name__}")
+        x = tensor.unsqueeze(0) if tensor.ndim == 3 else tensor
+        if x.ndim != 4:
+            raise InputShapeError(f"{what} must have shape (C, H, W) or (B, C, H, W), got {tuple(tensor.shape)}")
+        if x.shape[1] != self.channels:
+            raise InputShapeError(f"{what} {tuple(tensor.shape)} has {x.shape[1]} channels; model {self.name!r} takes "
+                                  f"{self.channels}")
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(f"NaN or infinite values in {what} {tuple(tensor.shape)}")
+        return x.detach().to(self.device, self.dtype)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.mean or (0.0,) * self.channels, dtype=x.dtype, device=x.device)
