@@ -8,9 +8,8 @@ to its input.
 - `Deconv` (Zeiler & Fergus 2014): `max(g, 0)`, ignoring the forward mask.
 - `Guided` (Springenberg et al. 2015): `max(g, 0) * mask`, both masks.
 
-`RectifierRules` is a `TorchFunctionMode` that swaps every rectifier call made during the forward pass for a custom
-autograd Function applying the current rule. Because `nn.ReLU` modules, `F.relu`, `torch.relu`, `torch.relu_`,
-`Tensor.relu(_)` and `F.relu(..., inplace=True)` all go through these functions, functional ReLUs are covered
+`RectifierRules` is a `TorchFunctionMode` (`convscope._rectifiers.RectifierMode`) that swaps every rectifier call
+made during the forward pass for a custom autograd Function applying the current rule: functional ReLUs are covered
 like modules, and a module used several times per forward pass is handled at every call.
 
 Which functions count as rectifiers (`rectifiers=`):
@@ -30,9 +29,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
+from .._rectifiers import RectifierMode, rectify
 from ..errors import TargetError
 
 __all__ = ["Gradient", "Deconv", "Guided", "RULES", "RectifierRules", "Rectifiers"]
@@ -79,14 +77,9 @@ class _Rectify(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, mode: "RectifierRules", low: float, high: float | None,
                 inplace: bool) -> torch.Tensor:
         ctx.mode, ctx.clipped = mode, high is not None
-        if high is None:
-            out = torch.relu_(x) if inplace else torch.relu(x)
-        else:
-            mask = (x > low) & (x < high)
-            out = F.hardtanh(x, low, high, inplace=inplace)
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.save_for_backward(mask if high is not None else out)
+        mask = None if high is None else (x > low) & (x < high)
+        out = rectify(ctx, x, low, high, inplace)
+        ctx.save_for_backward(out if mask is None else mask)
         return out
 
     @staticmethod
@@ -101,16 +94,14 @@ class _Rectify(torch.autograd.Function):
         return RULES[ctx.mode.rule].backward(grad, through), None, None, None, None
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name, default)
-
-
-class RectifierRules(TorchFunctionMode):
+class RectifierRules(RectifierMode):
     """Replace rectifier calls by `_Rectify` with rule `rule` ("gradient", "deconvnet", "guided").
 
     `calls` counts the rectifier calls seen per kind ("relu", "clipped", and "clipped (left)" for clipped ReLUs
     left unchanged under `rectifiers="relu"`).
     """
+
+    function = _Rectify
 
     def __init__(self, rule: str, rectifiers: Rectifiers = "all") -> None:
         super().__init__()
@@ -122,35 +113,12 @@ class RectifierRules(TorchFunctionMode):
         self.rectifiers = rectifiers
         self.calls: Counter[str] = Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        found = self._match(func, args, kwargs)
-        if found is None:
-            return func(*args, **kwargs)
-        x, low, high, inplace = found
-        kind = "relu" if high is None else "clipped"
-        if kind == "clipped" and self.rectifiers == "relu":
+    def takes(self, high: float | None) -> bool:
+        if high is not None and self.rectifiers == "relu":
             self.calls["clipped (left)"] += 1
-            return func(*args, **kwargs)
-        self.calls[kind] += 1
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return func(*args, **kwargs)
-        return _Rectify.apply(x, self, low, high, inplace)
-
-    @staticmethod
-    def _match(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float | None, bool] | None:
-        """(input, low, high, inplace) when `func` is a rectifier call, else None."""
-        if func in _RELU:
-            inplace = _RELU[func] if func is not F.relu else bool(_arg(args, kwargs, 1, "inplace", False))
-            return _arg(args, kwargs, 0, "input", None), 0.0, None, inplace
-        if func is F.relu6:
-            return _arg(args, kwargs, 0, "input", None), 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
-        if func is F.hardtanh:
-            low = float(_arg(args, kwargs, 1, "min_val", -1.0))
-            high = float(_arg(args, kwargs, 2, "max_val", 1.0))
-            if low == 0.0 and high > 0.0:  # Hardtanh(0, m) is a clipped ReLU; Hardtanh(-1, 1) is not a rectifier
-                return _arg(args, kwargs, 0, "input", None), low, high, bool(_arg(args, kwargs, 3, "inplace", False))
-        return None
+            return False
+        self.calls["relu" if high is None else "clipped"] += 1
+        return True
 
     def check_used(self, method: str) -> None:
         """Refuse a result that would silently be the plain gradient: no rectifier was changed."""
@@ -162,12 +130,3 @@ class RectifierRules(TorchFunctionMode):
         raise TargetError(f"{method}: the forward pass called no ReLU, so the rule changes nothing and the map would be "
                           f"the plain gradient.{hint}")
 
-
-# Functions that are a ReLU, with whether they work in place (F.relu reads its `inplace` argument).
-_RELU: dict[Any, bool] = {
-    F.relu: False,
-    torch.relu: False,
-    torch.Tensor.relu: False,
-    torch.relu_: True,
-    torch.Tensor.relu_: True,
-}

@@ -14,10 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from ..attribution._rules import RectifierRules
+from .._rectifiers import RectifierMode, rectify
 
 __all__ = ["RedirectedReLU"]
 
@@ -29,13 +27,7 @@ class _Redirect(torch.autograd.Function):
         mask = x > low if high is None else (x > low) & (x < high)
         ctx.items = mode.items
         ctx.save_for_backward(mask, None if high is None else x <= low)  # ReLU: below is ~mask
-        if high is None:
-            out = torch.relu_(x) if inplace else torch.relu(x)
-        else:
-            out = F.hardtanh(x, low, high, inplace=inplace)
-        if inplace:
-            ctx.mark_dirty(x)
-        return out
+        return rectify(ctx, x, low, high, inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -55,20 +47,12 @@ class _Redirect(torch.autograd.Function):
         return true, None, None, None, None
 
 
-class RedirectedReLU(TorchFunctionMode):
+class RedirectedReLU(RectifierMode):
     """Use under `hooks.function_mode(RedirectedReLU(items))` around the forward pass; `items` (K,) are the batch
     indices of the asleep items (the others keep their true gradients)."""
+
+    function = _Redirect
 
     def __init__(self, items: torch.Tensor):
         super().__init__()
         self.items = items
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        found = RectifierRules._match(func, args, kwargs)
-        if found is None:
-            return func(*args, **kwargs)
-        x, low, high, inplace = found
-        if not (torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
-            return func(*args, **kwargs)
-        return _Redirect.apply(x, self, low, high, inplace)

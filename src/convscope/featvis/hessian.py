@@ -17,15 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .._rectifiers import RELU
 from ..errors import OptionError
 
 __all__ = ["lanczos", "LanczosResult", "SmoothReLU", "BlockBasis"]
 
 
 # -- the smooth surrogate --------------------------------------------------------------------------------------------
-
-_RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
-
 
 class SmoothReLU(TorchFunctionMode):
     """Replace ReLU-family calls by softplus of sharpness `beta` while active (a `TorchFunctionMode`).
@@ -44,7 +42,7 @@ class SmoothReLU(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELUS:
+        if func in RELU:
             return self._sp(args[0])
         if func is F.hardtanh or func is F.relu6:
             lo, hi = (0.0, 6.0) if func is F.relu6 else (

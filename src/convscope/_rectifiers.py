@@ -1,0 +1,83 @@
+"""Rectifier calls as a `TorchFunctionMode` sees them, for the modes that rewrite a rectifier's backward pass.
+
+`nn.ReLU` modules, `F.relu` (also with `inplace=True`), `torch.relu(_)` and `Tensor.relu(_)` all end in the functions
+of `RELU`; `ReLU6` / `F.relu6` and `Hardtanh(0, m)` in `F.relu6` / `F.hardtanh`. A mode therefore covers functional
+rectifiers like modules, and a module used several times per forward pass at every call.
+
+`RectifierMode` sends each rectifier call that needs a gradient through its `function` (an autograd Function whose
+forward is `rectify`): `attribution._rules.RectifierRules` (DeconvNet, guided backprop) and
+`featvis._redirect.RedirectedReLU` (waking dead units) differ only in that Function's backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["RELU", "RectifierMode", "match", "rectify"]
+
+# Functions that are a ReLU, with whether they work in place (F.relu reads its `inplace` argument).
+RELU: dict[Any, bool] = {
+    F.relu: False,
+    torch.relu: False,
+    torch.Tensor.relu: False,
+    torch.relu_: True,  # also F.relu_
+    torch.Tensor.relu_: True,
+}
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def match(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float | None, bool] | None:
+    """(input, low, high, inplace) when `func(*args, **kwargs)` is a rectifier call, else None. `high` is None for a
+    ReLU; a clipped ReLU lets its input through on the open interval (low, high)."""
+    if func in RELU:
+        inplace = RELU[func] if func is not F.relu else bool(_arg(args, kwargs, 1, "inplace", False))
+        return _arg(args, kwargs, 0, "input", None), 0.0, None, inplace
+    if func is F.relu6:
+        return _arg(args, kwargs, 0, "input", None), 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+    if func is F.hardtanh:
+        low = float(_arg(args, kwargs, 1, "min_val", -1.0))
+        high = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        if low == 0.0 and high > 0.0:  # Hardtanh(0, m) is a clipped ReLU; Hardtanh(-1, 1) is not a rectifier
+            return _arg(args, kwargs, 0, "input", None), low, high, bool(_arg(args, kwargs, 3, "inplace", False))
+    return None
+
+
+def rectify(ctx: Any, x: torch.Tensor, low: float, high: float | None, inplace: bool) -> torch.Tensor:
+    """The rectifier's own forward, for an autograd Function's `forward`: in place when asked (marking `x` dirty),
+    so anything the backward needs from `x` must be taken before."""
+    if high is None:
+        out = torch.relu_(x) if inplace else torch.relu(x)
+    else:
+        out = F.hardtanh(x, low, high, inplace=inplace)
+    if inplace:
+        ctx.mark_dirty(x)
+    return out
+
+
+class RectifierMode(TorchFunctionMode):
+    """Runs every rectifier call whose input needs a gradient as `function.apply(x, self, low, high, inplace)`;
+    everything else, and calls `takes` declines, as written."""
+
+    function: type[torch.autograd.Function]
+
+    def takes(self, high: float | None) -> bool:
+        """Whether to rewrite this rectifier call (`high` is None for a ReLU); seen for every call, with or without
+        gradients."""
+        return True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        found = match(func, args, kwargs)
+        if found is None:
+            return func(*args, **kwargs)
+        x, low, high, inplace = found
+        if not (self.takes(high) and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
+            return func(*args, **kwargs)
+        return self.function.apply(x, self, low, high, inplace)
