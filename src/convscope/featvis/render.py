@@ -29,6 +29,7 @@ from ..errors import ConvscopeError, InputShapeError, NonFiniteError
 from ..models import ModelSpec, load
 from ..results import Recipe
 from .._fold import folded
+from ._engine import engine
 from ._loop import _asleep, _objective_grad, _Runner
 from ._redirect import RedirectedReLU
 from .objectives import OUTPUT, Objective, as_objective
@@ -101,14 +102,7 @@ def _init_pixels(init: Init, spec: ModelSpec) -> torch.Tensor | str:
 
         return load_image(init, channels=spec.channels).unsqueeze(0)
     if isinstance(init, torch.Tensor):
-        pixels = init.detach().float()
-        pixels = pixels.unsqueeze(0) if pixels.ndim == 3 else pixels
-        if pixels.ndim != 4 or pixels.shape[1] != spec.channels:
-            raise InputShapeError(f"init image must be (C, H, W) or (B, C, H, W) with C = {spec.channels}, "
-                                  f"got {tuple(init.shape)}")
-        if not torch.isfinite(pixels).all():
-            raise NonFiniteError("init image contains NaN or infinite values")
-        return pixels.clamp(0, 1)
+        return spec.batch(init, "init image").clamp(0, 1)
     raise TypeError(f"init must be None, 'noise', 'grey', a tensor or an image path, got {type(init).__name__}")
 
 
@@ -272,8 +266,10 @@ def render(
         levels: Laplacian pyramid levels of the "laplacian" optimizer.
         optimizer_options: more options of the update rule, e.g. `{"widths": (0.5, 1, 2), "rounds": 2}` for
             "smooth" (blur widths in pixels, recursive rounds).
-        fuse: fold eval-mode BatchNorm into the preceding convolutions for the render (on copies; the same
-            function up to float rounding, checked on a probe; the model itself is untouched).
+        fuse: run the frozen network faster for the render, on copies of its modules (the model itself is untouched;
+            the same function up to float rounding): eval-mode BatchNorm folded into the preceding convolutions
+            (checked on a probe), 1x1 convolutions through oneDNN, and the image-facing strided convolution's input
+            gradient computed phase by phase (see `_engine`).
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
 
     Returns:
@@ -333,6 +329,8 @@ def render(
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
         fused = stack.enter_context(folded(module, native, objective.layers)) if fuse else 0
+        if fuse:
+            stack.enter_context(hooks.swap_modules(module, engine(module)))
         cap = stack.enter_context(hooks.capture(module, layers, detach=False, stop=OUTPUT not in objective.layers))
         run = _Runner(spec, objective, cap)
         with torch.no_grad():
