@@ -73,3 +73,55 @@ def test_render_with_and_without_the_engine_agree():
     torch.testing.assert_close(fast.images, plain.images, rtol=1e-4, atol=1e-4)
     assert bool((fast.values > fast.start_values).all())  # still ascends
     assert type(net[0]) is type(net[2]) is nn.Conv2d and hooks.hook_count(net) == 0  # the model is back as it was
+
+
+class Branches(nn.Module):
+    """An Inception-style block: three branches concatenated along channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Sequential(nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
+        self.c = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 3, 1))
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x), self.c(x)], 1)
+
+
+def branchy() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Branches(), nn.ReLU()).eval()
+
+
+def test_pruning_keeps_the_read_channels_and_drops_the_other_branches():
+    from convscope.featvis import channel, layer, neuron
+    from convscope.featvis._prune import pruned
+
+    net = branchy().requires_grad_(False)
+    probe = torch.rand(1, 3, 16, 16)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        inner = net[1](net[0](x))
+        full = net[2](inner)
+    only_b = pruned(net, "2", channel("2", [4, 8]).channels("2"), probe)["2"]
+    called = {n.target for n in only_b.graph.nodes if n.op == "call_module"}
+    assert called == {"b"}  # branches a and c are gone from the graph
+    with torch.no_grad():
+        got = only_b(inner)
+    torch.testing.assert_close(got[:, 4:9], full[:, 4:9])
+    assert got.shape == full.shape and bool((got[:, :4] == 0).all()) and bool((got[:, 9:] == 0).all())
+    assert pruned(net, "2", layer("2").channels("2"), probe) == {}  # the whole layer is read
+    assert pruned(net, "2", (neuron("2", 0) + channel("2", 11)).channels("2"), probe)["2"] is not None
+    assert pruned(net, "2", {0, 5, 10}, probe) == {}  # every branch is needed: nothing to gain
+    assert pruned(net, "0", {1}, probe) == {}  # a convolution is not a concatenation
+
+
+def test_render_of_a_pruned_layer_equals_the_plain_render():
+    net = branchy()
+    spec = ModelSpec(net, "branchy", 3, (16, 16), (0.5,) * 3, (0.25,) * 3)
+    fast = render(spec, channel("2", [5, 6]), steps=6, size=16, param="pixel", transforms=None)
+    plain = render(spec, channel("2", [5, 6]), steps=6, size=16, param="pixel", transforms=None, fuse=False)
+    torch.testing.assert_close(fast.images, plain.images, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.values, plain.values, rtol=1e-5, atol=1e-5)
+    assert fast.recipe.params["pruned_layers"] == ["2"] and plain.recipe.params["pruned_layers"] == []
+    assert type(net[2]) is Branches and hooks.hook_count(net) == 0

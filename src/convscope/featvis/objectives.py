@@ -233,6 +233,18 @@ class Objective:
                 return t.batch
         return None
 
+    def channels(self, layer: str) -> frozenset[int] | None:
+        """The channels of `layer` the objective reads (channel and neuron terms), or None when it reads the whole
+        layer (layer, direction, diversity and custom terms)."""
+        found: set[int] = set()
+        for _, t in self.terms:
+            if layer not in t.layers:
+                continue
+            if t.kind not in ("channel", "neuron"):
+                return None
+            found.update(t.units if isinstance(t.units, tuple) else (t.units,))
+        return frozenset(found)
+
     @property
     def couples_batch(self) -> bool:
         return any(t.kind == "diversity" for _, t in self.terms)

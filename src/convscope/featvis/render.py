@@ -30,6 +30,7 @@ from ..models import ModelSpec, load
 from ..results import Recipe
 from .._fold import folded
 from ._engine import engine
+from ._prune import pruned
 from ._loop import _asleep, _objective_grad, _Runner
 from ._redirect import RedirectedReLU
 from .objectives import OUTPUT, Objective, as_objective
@@ -268,8 +269,9 @@ def render(
             "smooth" (blur widths in pixels, recursive rounds).
         fuse: run the frozen network faster for the render, on copies of its modules (the model itself is untouched;
             the same function up to float rounding): eval-mode BatchNorm folded into the preceding convolutions
-            (checked on a probe), 1x1 convolutions through oneDNN, and the image-facing strided convolution's input
-            gradient computed phase by phase (see `_engine`).
+            (checked on a probe), 1x1 convolutions through oneDNN, the image-facing strided convolution's input
+            gradient computed phase by phase (see `_engine`), and the branches of a concatenating layer (Inception)
+            that the objective's channels do not come from skipped (see `_prune`).
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
 
     Returns:
@@ -329,8 +331,13 @@ def render(
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
         fused = stack.enter_context(folded(module, native, objective.layers)) if fuse else 0
+        skipped: list[str] = []  # layers whose branches outside the objective's channels are skipped
         if fuse:
             stack.enter_context(hooks.swap_modules(module, engine(module)))
+            for name in layers:
+                cut = pruned(module, name, objective.channels(name), native)
+                stack.enter_context(hooks.swap_modules(module, cut))
+                skipped += list(cut)
         cap = stack.enter_context(hooks.capture(module, layers, detach=False, stop=OUTPUT not in objective.layers))
         run = _Runner(spec, objective, cap)
         with torch.no_grad():
@@ -377,7 +384,7 @@ def render(
             "optimizer_options": optimizer_options or {},
             "init": init if isinstance(init, (str, type(None))) else str(init) if isinstance(init, Path)
             else f"tensor{tuple(init.shape)}", "seed": seed, "batch": n, "chunk": chunk, "tile": tile,
-            "fused_batchnorms": fused,
+            "fused_batchnorms": fused, "pruned_layers": skipped,
         },
     )
     return Visualization(images=images_t, values=values, start_values=start_values, trace=trace_t, dead=dead,
