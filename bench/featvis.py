@@ -9,6 +9,13 @@ channels (Lucent batch: `param.image(128, batch=n)` with a sum of `channel("ince
 Lucent registers forward hooks on every module at every call and never removes them, so each Lucent run gets a
 fresh copy of the model (otherwise it would slow down run after run; that would flatter us).
 
+Noise: with glibc's default malloc, a render step's big temporaries (16 MB at batch 16) are handed back to the OS
+and faulted in again step after step, and what that costs swings from run to run on a shared machine (the same
+`threshold_backward` takes 4 ms in one run and 55 ms in another). It weighs more on the faster tool. To see the
+compute alone, run both tools with a malloc that keeps freed memory, e.g.
+`MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=33554432 python -m bench featvis`; `--repeats 2` or more
+gives medians.
+
     python -m bench.featvis            # full: 256 steps
     python -m bench.featvis --quick    # smoke test: 16 steps, batches 1 and 4
     python -m bench.featvis --json     # machine-readable
