@@ -31,6 +31,23 @@ class _ChildrenAsLeaves(fx.Tracer):
         return id(m) in self.children or super().is_leaf_module(m, qualified_name)
 
 
+class _Recorded(Exception):
+    """Ends the probe pass once the layer's input is known."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for the layer during the probe pass: keeps its (single tensor) input and stops the pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.input: torch.Tensor | None = None
+
+    def forward(self, *args: object, **kwargs: object) -> None:
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            self.input = args[0]
+        raise _Recorded
+
+
 def _zeros_like_channels(reference: torch.Tensor, channels: int) -> torch.Tensor:
     """(B, channels, H, W) zeros shaped like `reference` (B, *, H, W) apart from its channel count."""
     return reference.new_zeros(reference.shape[0], channels, *reference.shape[2:])
@@ -74,23 +91,6 @@ def pruned(model: nn.Module, layer: str, channels: Collection[int] | None, probe
     if channels is None or "#" in layer or not layer:
         return {}
     module = hooks.get_module(model, layer)
-    inputs: list[torch.Tensor] = []
-
-    def keep_input(_m, args):
-        if len(args) == 1 and isinstance(args[0], torch.Tensor) and not inputs:
-            inputs.append(args[0])
-
-    handle = module.register_forward_pre_hook(keep_input)
-    try:
-        with torch.no_grad(), hooks.capture(model, [layer], stop=False) as cap:
-            model(probe)
-            before = cap[layer]
-    except Exception:  # noqa: BLE001 - not prunable; the render reports real errors itself
-        return {}
-    finally:
-        handle.remove()
-    if not inputs:
-        return {}
     try:
         traced = fx.GraphModule(module, _ChildrenAsLeaves(module).trace(module))
     except Exception:  # noqa: BLE001 - fx cannot trace every forward: then nothing is pruned
@@ -98,8 +98,21 @@ def pruned(model: nn.Module, layer: str, channels: Collection[int] | None, probe
     cat = _cat_output(traced.graph)
     if cat is None:
         return {}
+    recorder = _Recorder()
     try:
-        counts = _channel_counts(traced, cat, inputs[0])
+        with torch.no_grad(), hooks.swap_modules(model, {layer: recorder}):
+            model(probe)
+    except _Recorded:
+        pass
+    except Exception:  # noqa: BLE001 - not prunable; the render reports real errors itself
+        return {}
+    x = recorder.input
+    if x is None:
+        return {}
+    with torch.no_grad():
+        before = module(x)
+    try:
+        counts = _channel_counts(traced, cat, x)
     except Exception:  # noqa: BLE001 - the traced graph does not run as the module does: leave it
         return {}
     if counts is None or sum(counts) != before.shape[1]:
@@ -120,7 +133,7 @@ def pruned(model: nn.Module, layer: str, channels: Collection[int] | None, probe
     traced.recompile()
     try:
         with torch.no_grad():
-            after = traced(inputs[0])
+            after = traced(x)
     except Exception:  # noqa: BLE001
         return {}
     index = sorted(wanted)
