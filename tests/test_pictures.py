@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from convscope.analysis import activations, dead_channels, filter_smoothness, filters
-from convscope.errors import InputShapeError, LayerNotFoundError
+from convscope.errors import InputShapeError, LayerNotFoundError, NonFiniteError
 from convscope.hooks import hook_count
 from convscope.models.spec import ModelSpec
 
@@ -78,8 +78,10 @@ def test_bad_image_tensors_are_refused():
     spec = _spec()
     with pytest.raises(InputShapeError, match=r"\(1, C, H, W\)"):
         activations(spec, spec.normalize(_pixels()[None])[0] * 3, "conv1")  # a normalized input without batch
-    with pytest.raises(InputShapeError, match="C = 3"):
+    with pytest.raises(InputShapeError, match="takes 3"):
         activations(spec, torch.rand(1, 16, 20), "conv1")
+    with pytest.raises(NonFiniteError):  # NaN pixels are refused, not passed on as a NaN picture
+        activations(spec, torch.full((3, 16, 20), float("nan")), "conv1")
 
 
 def test_vector_layer_and_pictures(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import InputShapeError, NonFiniteError
+from ..errors import InputShapeError
 from ..hooks import capture, frozen
 from ..layers import resolve_layer
 from ..models import ModelSpec, load
@@ -34,9 +34,7 @@ def as_model_input(spec: ModelSpec, image: ImageLike) -> tuple[torch.Tensor, str
     """
     if isinstance(image, torch.Tensor):
         if image.ndim == 3:
-            if image.shape[0] != spec.channels:
-                raise InputShapeError(f"a (C, H, W) pixel tensor needs C = {spec.channels} for model {spec.name!r}, "
-                                      f"got shape {tuple(image.shape)}")
+            spec.batch(image, "a (C, H, W) pixel tensor")  # channels and NaN checks
             low, high = float(image.min()), float(image.max())
             if low < -1e-3 or high > 1 + 1e-3:
                 raise InputShapeError(
@@ -47,12 +45,10 @@ def as_model_input(spec: ModelSpec, image: ImageLike) -> tuple[torch.Tensor, str
             pixels = resize_crop(image[None].float(), spec.input_size, spec.resize)
             return spec.normalize(pixels).to(spec.device, spec.dtype), f"pixels {tuple(image.shape)}"
         if image.ndim == 4:
-            if image.shape[0] != 1 or image.shape[1] != spec.channels:
+            if image.shape[0] != 1:
                 raise InputShapeError(f"a normalized input must be (1, {spec.channels}, H, W), got "
                                       f"{tuple(image.shape)}")
-            if not torch.isfinite(image).all():
-                raise NonFiniteError("the input contains NaN or infinite values")
-            return image.detach().to(spec.device, spec.dtype), f"input {tuple(image.shape)}"
+            return spec.batch(image, "a normalized input"), f"input {tuple(image.shape)}"
         raise InputShapeError(f"an image tensor must be pixels (C, H, W) or a model input (1, C, H, W), got "
                               f"{tuple(image.shape)}")
     description = str(image) if isinstance(image, (str, Path)) else type(image).__name__

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputShapeError
+
 __all__ = ["Parameterization", "PixelParam", "FourierParam", "COLOR_CORRELATION", "make_param", "noise"]
 
 # Square root of the colour correlation of ImageNet pixels (Lucid's `color_correlation_svd_sqrt`), rows = RGB.
@@ -67,7 +69,7 @@ class PixelParam(Parameterization):
     def __init__(self, pixels: torch.Tensor):
         super().__init__()
         if pixels.ndim != 4:
-            raise ValueError(f"pixels must be (B, C, H, W), got {tuple(pixels.shape)}")
+            raise InputShapeError(f"pixels must be (B, C, H, W), got {tuple(pixels.shape)}")
         self.pixels = nn.Parameter(pixels.detach().clone().clamp(0, 1))
 
     @property
