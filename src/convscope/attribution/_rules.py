@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from .._rectifiers import RectifierMode, rectify
+from .._rectifiers import RectifierMode, passed, rectify_keeping
 from ..errors import TargetError
 
 __all__ = ["Gradient", "Deconv", "Guided", "RULES", "RectifierRules", "Rectifiers"]
@@ -68,30 +68,22 @@ RULES: dict[str, type] = {"gradient": Gradient, "deconvnet": Deconv, "guided": G
 class _Rectify(torch.autograd.Function):
     """`func(x)` in forward (in place when asked); the owning mode's current rule in backward.
 
-    A rule gets `through(g)`, the rectifier's true backward (g where the forward pass let x through, else 0). For
-    ReLU that is torch's own `threshold_backward` on the saved output, as for `torch.relu`; a clipped ReLU saves
-    its open-interval mask instead (its input may be overwritten in place).
+    A rule gets `through(g)`, the rectifier's true backward (g where the forward pass let x through, else 0:
+    `_rectifiers.passed` on what `rectify_keeping` saved, the output of a ReLU or the mask of a clipped ReLU).
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mode: "RectifierRules", low: float, high: float | None,
                 inplace: bool) -> torch.Tensor:
-        ctx.mode, ctx.clipped = mode, high is not None
-        mask = None if high is None else (x > low) & (x < high)
-        out = rectify(ctx, x, low, high, inplace)
-        ctx.save_for_backward(out if mask is None else mask)
+        ctx.mode = mode
+        out, kept = rectify_keeping(ctx, x, low, high, inplace)
+        ctx.save_for_backward(kept)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        (saved,) = ctx.saved_tensors
-        if ctx.clipped:
-            def through(g: torch.Tensor) -> torch.Tensor:
-                return torch.where(saved, g, 0.0)
-        else:
-            def through(g: torch.Tensor) -> torch.Tensor:
-                return torch.ops.aten.threshold_backward(g, saved, 0.0)
-        return RULES[ctx.mode.rule].backward(grad, through), None, None, None, None
+        (kept,) = ctx.saved_tensors
+        return RULES[ctx.mode.rule].backward(grad, lambda g: passed(g, kept)), None, None, None, None
 
 
 class RectifierRules(RectifierMode):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._rectifiers import RectifierMode, rectify
+from .._rectifiers import RectifierMode, passed, rectify_keeping
 
 __all__ = ["RedirectedReLU"]
 
@@ -25,20 +25,15 @@ class _Redirect(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, mode: "RedirectedReLU", low: float, high: float | None,
                 inplace: bool) -> torch.Tensor:
         ctx.items = mode.items
-        if high is None:  # a ReLU: its output tells where it let the input through (out > 0) and where not
-            out = rectify(ctx, x, low, high, inplace)
-            ctx.save_for_backward(out, None)
-            return out
-        mask = (x > low) & (x < high)
-        ctx.save_for_backward(mask, x <= low)
-        return rectify(ctx, x, low, high, inplace)
+        below = None if high is None else x <= low  # a ReLU's output tells this itself (out == 0)
+        out, kept = rectify_keeping(ctx, x, low, high, inplace)
+        ctx.save_for_backward(kept, below)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        saved, below = ctx.saved_tensors
-        relu = below is None
-        # (threshold_backward and a product with the mask cost a fraction of torch.where on the CPU)
-        true = torch.ops.aten.threshold_backward(grad, saved, 0.0) if relu else grad * saved
+        kept, below = ctx.saved_tensors
+        true = passed(grad, kept)
         items = ctx.items
         if true.ndim == 0 or items.numel() == 0 or int(items.max()) >= true.shape[0]:
             return true, None, None, None, None
@@ -46,7 +41,7 @@ class _Redirect(torch.autograd.Function):
         dead = items[true[items].flatten(1).abs().amax(1) == 0]
         if dead.numel():
             g = grad[dead]
-            below = saved[dead] <= 0 if relu else below[dead]
+            below = kept[dead] <= 0 if below is None else below[dead]
             # grad is d(objective)/d(output), followed upwards: grad < 0 below the threshold would push the input
             # further down
             true[dead] = torch.where(below & (g < 0), 0.0, g)
