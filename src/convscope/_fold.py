@@ -122,8 +122,9 @@ def _signature(model: nn.Module) -> tuple:
 
 @contextlib.contextmanager
 def no_folding() -> Iterator[None]:
-    """Inside this block, attribution runs the model exactly as written (no BatchNorm folding): for hooks of your
-    own on BatchNorm modules, or to compare with another tool bit for bit."""
+    """Inside this block no BatchNorm is folded (Grad-CAM, deletion/insertion scores and `render` run the model's
+    own modules; `render(fuse=False)` also leaves out its other kernels): for hooks of your own on BatchNorm
+    modules, or to compare with another tool bit for bit."""
     token = _ENABLED.set(False)
     try:
         yield

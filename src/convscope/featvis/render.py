@@ -330,9 +330,10 @@ def render(
         stack.enter_context(hooks.frozen(module))
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
-        fused = stack.enter_context(folded(module, native, objective.layers)) if fuse else 0
-        skipped: list[str] = []  # layers whose branches outside the objective's channels are skipped
+        # folded BatchNorms; layers whose branches outside the objective's channels are skipped
+        fused, skipped = 0, []
         if fuse:
+            fused = stack.enter_context(folded(module, native, objective.layers))
             stack.enter_context(hooks.swap_modules(module, engine(module)))
             for name in layers:
                 cut = pruned(module, name, objective.channels(name), native)
