@@ -45,9 +45,10 @@ from pathlib import Path
 
 import torch
 
+from ._report import report
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "camera", "hubble_deep_field", "retina")
-RESULTS = Path(__file__).parent / "results" / "attribution.json"
 
 
 def setting(quick: bool) -> dict:
@@ -307,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                "load_average": {"start": load_start, "end": os.getloadavg()},
                "memory": "peak RSS growth during one call in a fresh process (VmHWM after a reset), MB",
                "ratios": "ours / Captum: median CPU time (process_time) and wall time", "rows": rows}
-    if args.json:
-        json.dump(payload, sys.stdout, indent=2)
-        print()
-    if args.save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    report("attribution", payload, save=args.save, as_json=args.json)
     return 0
 
 

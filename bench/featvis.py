@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
 import warnings
 
 import torch
+
+from ._report import report
 
 LAYER = "inception4a"
 SIZE = 128
@@ -123,17 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "rows": rows,
                "targets": "x2 for one channel, x3 per channel in a batch (CPU time)", "targets_met": verdict}
-    if args.save:
-        from pathlib import Path
-
-        out = Path(__file__).parent / "results" / "featvis.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-    if args.json:
-        json.dump(payload, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"targets (x2 single, x3 per channel in a batch; CPU time): {'met' if verdict else 'NOT met'}")
+    report("featvis", payload, save=args.save, as_json=args.json,
+           summary=f"targets (x2 single, x3 per channel in a batch; CPU time): {'met' if verdict else 'NOT met'}")
     return 0
 
 

@@ -12,11 +12,12 @@ with the highest channel mean over scikit-image's sample photos (preprocessed as
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
+
+from ._report import report
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry")
 
@@ -71,17 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     summary = {"model": args.model, "photos": len(inputs), "steps": args.steps, "rows": rows,
                "all_beat": all(r["beats"] for r in rows)}
-    if args.save:
-        from pathlib import Path
-
-        out = Path(__file__).parent / "results" / "featvis_true.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"all rendered channels beat every photo: {summary['all_beat']}")
+    report("featvis_true", summary, save=args.save, as_json=args.json,
+           summary=f"all rendered channels beat every photo: {summary['all_beat']}")
     return 0
 
 
