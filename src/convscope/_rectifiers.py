@@ -11,13 +11,16 @@ forward is `rectify`): `attribution._rules.RectifierRules` (DeconvNet, guided ba
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["RELU", "RectifierMode", "match", "passed", "rectify", "rectify_keeping"]
+__all__ = ["RELU", "RectifierMode", "match", "passed", "rectify", "rectify_keeping", "rewriting"]
+
+_ACTIVE = threading.local()  # how many RectifierModes this thread is inside
 
 # Functions that are a ReLU, with whether they work in place (F.relu reads its `inplace` argument).
 RELU: dict[Any, bool] = {
@@ -85,6 +88,14 @@ class RectifierMode(TorchFunctionMode):
 
     function: type[torch.autograd.Function]
 
+    def __enter__(self):
+        _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any):
+        _ACTIVE.depth -= 1
+        return super().__exit__(*exc)
+
     def takes(self, high: float | None) -> bool:
         """Whether to rewrite this rectifier call (`high` is None for a ReLU); seen for every call, with or without
         gradients."""
@@ -99,3 +110,9 @@ class RectifierMode(TorchFunctionMode):
         if not (self.takes(high) and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
             return func(*args, **kwargs)
         return self.function.apply(x, self, low, high, inplace)
+
+
+def rewriting() -> bool:
+    """Whether a `RectifierMode` (guided backprop, DeconvNet, redirected ReLUs) is rewriting rectifier gradients on
+    this thread; other code that would change a rectifier's autograd should then leave it alone."""
+    return getattr(_ACTIVE, "depth", 0) > 0

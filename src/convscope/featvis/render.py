@@ -30,6 +30,7 @@ from ..models import ModelSpec, load
 from ..results import Recipe
 from .._fold import folded
 from ._engine import engine
+from ._pools import fast_pools
 from ._prune import pruned
 from ._loop import _asleep, _objective_grad, _Runner
 from ._redirect import RedirectedReLU
@@ -270,8 +271,9 @@ def render(
         fuse: run the frozen network faster for the render, on copies of its modules (the model itself is untouched;
             the same function up to float rounding): eval-mode BatchNorm folded into the preceding convolutions
             (checked on a probe), 1x1 convolutions through oneDNN, the image-facing strided convolution's input
-            gradient computed phase by phase (see `_engine`), and the branches of a concatenating layer (Inception)
-            that the objective's channels do not come from skipped (see `_prune`).
+            gradient computed phase by phase (see `_engine`), max-pools that reuse their memory and mask the
+            gradient of the ReLU before them on the pooled tensor (see `_pools`), and the branches of a concatenating layer (Inception) that the
+            objective's channels do not come from skipped (see `_prune`).
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
 
     Returns:
@@ -331,7 +333,7 @@ def render(
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
         # folded BatchNorms; layers whose branches outside the objective's channels are skipped
-        fused, skipped = 0, []
+        fused, skipped, pooled = 0, [], []
         if fuse:
             fused = stack.enter_context(folded(module, native, objective.layers))
             stack.enter_context(hooks.swap_modules(module, engine(module)))
@@ -339,6 +341,10 @@ def render(
                 cut = pruned(module, name, objective.channels(name), native)
                 stack.enter_context(hooks.swap_modules(module, cut))
                 skipped += list(cut)
+            image = torch.rand(probe.shape, generator=torch.Generator().manual_seed(0)).to(probe)
+            fast = fast_pools(module, layers, image)
+            stack.enter_context(hooks.swap_modules(module, fast))
+            pooled = sorted(path for path, m in fast.items() if not isinstance(m, torch.nn.MaxPool2d))
         cap = stack.enter_context(hooks.capture(module, layers, detach=False, stop=OUTPUT not in objective.layers))
         run = _Runner(spec, objective, cap)
         with torch.no_grad():
@@ -386,6 +392,7 @@ def render(
             "init": init if isinstance(init, (str, type(None))) else str(init) if isinstance(init, Path)
             else f"tensor{tuple(init.shape)}", "seed": seed, "batch": n, "chunk": chunk, "tile": tile,
             "fused_batchnorms": fused, "pruned_layers": skipped,
+            "rectifiers_masked_by_pools": pooled,
         },
     )
     return Visualization(images=images_t, values=values, start_values=start_values, trace=trace_t, dead=dead,
