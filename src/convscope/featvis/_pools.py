@@ -94,7 +94,7 @@ _ALONE = _alone()
 class _Scratch:
     """Memory a pool reuses from step to step, for its index map and its input gradient. A buffer is handed out
     again only while nothing else holds it (autograd from a pass not yet run backward, a hook that kept a
-    gradient); else a new one replaces it. Without torch's storage use count, nothing is reused."""
+    gradient); else a new one replaces it. Without torch's use counts, nothing is reused."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple, torch.Tensor] = {}
@@ -208,10 +208,10 @@ class _Spotting(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _watching(model: nn.Module) -> Iterator[dict[str, str]]:
+def _watching(model: nn.Module, pools: Sequence[str]) -> Iterator[dict[str, str]]:
     """Yields {pool path: path of the module whose rectifier made the pool's input}, filled by the passes run in
     the block."""
-    pools = {path for path, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices}
+    pools = set(pools)
     running: list[str] = []
     spot = _Spotting(running)
     feeds: dict[str, str] = {}
@@ -230,12 +230,11 @@ def _watching(model: nn.Module) -> Iterator[dict[str, str]]:
         running.pop()
 
     try:
-        if pools:
-            for path, module in model.named_modules():
-                if path:
-                    handles.append(module.register_forward_pre_hook(enter(path)))
-                    handles.append(module.register_forward_hook(leave, always_call=True))
-        with spot if pools else contextlib.nullcontext():
+        for path, module in model.named_modules():
+            if path:
+                handles.append(module.register_forward_pre_hook(enter(path)))
+                handles.append(module.register_forward_hook(leave, always_call=True))
+        with spot:
             yield feeds
     finally:
         for handle in handles:
@@ -256,11 +255,11 @@ def fast_pools(model: nn.Module, layers: Sequence[str], probe: torch.Tensor) -> 
     that returns no indices, and every module whose rectifier output such a pool reads on `probe` (B, C, H, W).
     {} when there is no such pool, or when the replaced model does not give the same `layers` activations (the
     model's output when `layers` is empty) and input gradient on `probe`."""
-    with _watching(model) as feeds:
-        plain_values, plain_grad = _pass(model, layers, probe)
     pools = [path for path, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices]
     if not pools:
         return {}
+    with _watching(model, pools) as feeds:
+        plain_values, plain_grad = _pass(model, layers, probe)
     links = {maker: WeakTensorKeyDictionary() for maker in feeds.values()}
     replacements = {maker: _linked_producer(hooks.get_module(model, maker), links[maker]) for maker in links}
     replacements.update({pool: _fast_pool(hooks.get_module(model, pool), links.get(feeds.get(pool, "")))
