@@ -109,6 +109,18 @@ def test_smooth_relu_matches_explicit_softplus_and_approaches_relu():
     assert torch.allclose(sharp, model(x), atol=1e-3)
 
 
+def test_smooth_relu_reads_keyword_arguments():
+    x = torch.randn(3, 5, dtype=torch.float64) * 3
+    with function_mode(SmoothReLU(5.0)):
+        by_keyword = (torch.relu(input=x), F.hardtanh(input=x, min_val=0.0, max_val=2.0),
+                      F.leaky_relu(input=x, negative_slope=0.2))
+    with function_mode(SmoothReLU(5.0)):
+        by_position = (F.relu(x), F.hardtanh(x, 0.0, 2.0), F.leaky_relu(x, 0.2))
+    for a, b in zip(by_keyword, by_position):
+        assert torch.equal(a, b)
+    assert torch.allclose(by_keyword[0], F.softplus(x, 5.0))  # not the plain ReLU
+
+
 # -- invariances -----------------------------------------------------------------------------------------------------
 
 def _dense_hessian(model: nn.Module, unit_channel: int, x: torch.Tensor, beta: float) -> torch.Tensor:
