@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["RELU", "RectifierMode", "match", "passed", "rectify", "rectify_keeping", "rewriting"]
+__all__ = ["RELU", "RectifierMode", "argument", "match", "passed", "rectify", "rectify_keeping", "rewriting"]
 
 _ACTIVE = threading.local()  # how many RectifierModes this thread is inside
 
@@ -32,7 +32,8 @@ RELU: dict[Any, bool] = {
 }
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+def argument(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    """Argument `index` of a call as a mode sees it, given by position or as `name=`; `default` when absent."""
     return args[index] if len(args) > index else kwargs.get(name, default)
 
 
@@ -40,15 +41,16 @@ def match(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float |
     """(input, low, high, inplace) when `func(*args, **kwargs)` is a rectifier call, else None. `high` is None for a
     ReLU; a clipped ReLU lets its input through on the open interval (low, high)."""
     if func in RELU:
-        inplace = RELU[func] if func is not F.relu else bool(_arg(args, kwargs, 1, "inplace", False))
-        return _arg(args, kwargs, 0, "input", None), 0.0, None, inplace
+        inplace = RELU[func] if func is not F.relu else bool(argument(args, kwargs, 1, "inplace", False))
+        return argument(args, kwargs, 0, "input", None), 0.0, None, inplace
     if func is F.relu6:
-        return _arg(args, kwargs, 0, "input", None), 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+        return argument(args, kwargs, 0, "input", None), 0.0, 6.0, bool(argument(args, kwargs, 1, "inplace", False))
     if func is F.hardtanh:
-        low = float(_arg(args, kwargs, 1, "min_val", -1.0))
-        high = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        low = float(argument(args, kwargs, 1, "min_val", -1.0))
+        high = float(argument(args, kwargs, 2, "max_val", 1.0))
         if low == 0.0 and high > 0.0:  # Hardtanh(0, m) is a clipped ReLU; Hardtanh(-1, 1) is not a rectifier
-            return _arg(args, kwargs, 0, "input", None), low, high, bool(_arg(args, kwargs, 3, "inplace", False))
+            inplace = bool(argument(args, kwargs, 3, "inplace", False))
+            return argument(args, kwargs, 0, "input", None), low, high, inplace
     return None
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .._rectifiers import RELU, _arg
+from .._rectifiers import RELU, argument
 from ..errors import OptionError
 
 __all__ = ["lanczos", "LanczosResult", "SmoothReLU", "BlockBasis"]
@@ -43,15 +43,15 @@ class SmoothReLU(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in RELU:
-            return self._sp(_arg(args, kwargs, 0, "input", None))
+            return self._sp(argument(args, kwargs, 0, "input", None))
         if func is F.hardtanh or func is F.relu6:
             lo, hi = (0.0, 6.0) if func is F.relu6 else (
-                float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0)))
-            x = _arg(args, kwargs, 0, "input", None)
+                float(argument(args, kwargs, 1, "min_val", -1.0)), float(argument(args, kwargs, 2, "max_val", 1.0)))
+            x = argument(args, kwargs, 0, "input", None)
             return lo + self._sp(x - lo) - self._sp(x - hi)
         if func is F.leaky_relu:
-            slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
-            x = _arg(args, kwargs, 0, "input", None)
+            slope = float(argument(args, kwargs, 1, "negative_slope", 0.01))
+            x = argument(args, kwargs, 0, "input", None)
             return slope * x + (1 - slope) * self._sp(x)
         return func(*args, **kwargs)
 
