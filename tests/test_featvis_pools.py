@@ -153,3 +153,17 @@ def test_render_with_the_fast_pools_equals_the_render_without(monkeypatch):
     torch.testing.assert_close(fast.images, slow.images, rtol=1e-6, atol=1e-6)
     assert bool((fast.values > fast.start_values).all())
     assert type(net[1]) is nn.MaxPool2d and type(net[0]) is ConvReLU and hooks.hook_count(net) == 0
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("mid-forward")
+
+
+def test_no_hook_or_replacement_survives_a_model_that_raises_mid_forward():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), Raises(), nn.Conv2d(4, 2, 1)).eval()
+    modules = list(net.modules())
+    with pytest.raises(RuntimeError, match="mid-forward"):
+        fast_pools(net, ["4"], torch.rand(1, 3, 16, 16))
+    assert hooks.hook_count(net) == 0 and list(net.modules()) == modules
+    assert torch._C._len_torch_function_stack() == 0  # no mode left active either
