@@ -167,3 +167,10 @@ def test_no_hook_or_replacement_survives_a_model_that_raises_mid_forward():
         fast_pools(net, ["4"], torch.rand(1, 3, 16, 16))
     assert hooks.hook_count(net) == 0 and list(net.modules()) == modules
     assert torch._C._len_torch_function_stack() == 0  # no mode left active either
+
+
+def test_only_the_pools_on_the_way_to_the_layers_are_replaced():
+    torch.manual_seed(0)
+    net = functional_stem().eval().requires_grad_(False)
+    assert set(fast_pools(net, ["1"], torch.rand(1, 3, 24, 24))) == {"0", "1"}  # not "2" and "3" after it
+    assert set(fast_pools(net, [], torch.rand(1, 3, 24, 24))) == {"0", "1", "2", "3"}  # the whole model

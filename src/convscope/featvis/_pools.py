@@ -174,8 +174,9 @@ def _linked_producer(module: nn.Module, links: WeakTensorKeyDictionary) -> nn.Mo
     return twin
 
 
-def _fast_pool(pool: nn.MaxPool2d, links: WeakTensorKeyDictionary | None) -> nn.Module:
-    """A shallow copy of `pool` that runs `_Pool` where gradients flow, linked to the rectifier outputs in `links`."""
+def _fast_pool(pool: nn.MaxPool2d, links: WeakTensorKeyDictionary | None, ran: set[int]) -> nn.Module:
+    """A shallow copy of `pool` that runs `_Pool` where gradients flow, linked to the rectifier outputs in `links`;
+    adds its id to `ran` when it runs so."""
     inner = pool.forward
     twin = copy.copy(pool)
     stride = pool.stride if pool.stride is not None else pool.kernel_size
@@ -186,6 +187,7 @@ def _fast_pool(pool: nn.MaxPool2d, links: WeakTensorKeyDictionary | None) -> nn.
         if not (torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad and x.ndim in (3, 4)):
             return inner(x)
         rectifier = links.get(x) if links is not None and not rewriting() else None
+        ran.add(id(twin))
         return _Pool.apply(x, geometry, scratch, rectifier)
 
     twin.forward = forward
@@ -252,9 +254,10 @@ def _pass(model: nn.Module, layers: Sequence[str], probe: torch.Tensor) -> tuple
 
 def fast_pools(model: nn.Module, layers: Sequence[str], probe: torch.Tensor) -> dict[str, nn.Module]:
     """Replacements `{path: module}` for `hooks.swap_modules` (see the module docstring): every `nn.MaxPool2d`
-    that returns no indices, and every module whose rectifier output such a pool reads on `probe` (B, C, H, W).
-    {} when there is no such pool, or when the replaced model does not give the same `layers` activations (the
-    model's output when `layers` is empty) and input gradient on `probe`."""
+    that returns no indices and runs on the way to `layers` (the whole model when `layers` is empty), and every
+    module whose rectifier output such a pool reads on `probe` (B, C, H, W). {} when there is no such pool, or when
+    the replaced model does not give the same `layers` activations (the model's output when `layers` is empty) and
+    input gradient on `probe`."""
     pools = [path for path, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices]
     if not pools:
         return {}
@@ -262,11 +265,17 @@ def fast_pools(model: nn.Module, layers: Sequence[str], probe: torch.Tensor) -> 
         plain_values, plain_grad = _pass(model, layers, probe)
     links = {maker: WeakTensorKeyDictionary() for maker in feeds.values()}
     replacements = {maker: _linked_producer(hooks.get_module(model, maker), links[maker]) for maker in links}
-    replacements.update({pool: _fast_pool(hooks.get_module(model, pool), links.get(feeds.get(pool, "")))
+    ran: set[int] = set()
+    replacements.update({pool: _fast_pool(hooks.get_module(model, pool), links.get(feeds.get(pool, "")), ran)
                          for pool in pools})
     with hooks.swap_modules(model, replacements):
         values, grad = _pass(model, layers, probe)
     scale = float(plain_grad.abs().max()) or 1.0
     same = (all(torch.equal(a, b) for a, b in zip(plain_values, values))
             and torch.allclose(plain_grad, grad, rtol=1e-5, atol=1e-6 * scale))
-    return replacements if same else {}
+    if not same:
+        return {}
+    # the passes that learn where to stop run the whole model: keep what the stopping pass used
+    used = {pool for pool in pools if id(replacements[pool]) in ran}
+    makers = {feeds[pool] for pool in used if pool in feeds}
+    return {path: module for path, module in replacements.items() if path in used or path in makers}
