@@ -174,3 +174,16 @@ def test_only_the_pools_on_the_way_to_the_layers_are_replaced():
     net = functional_stem().eval().requires_grad_(False)
     assert set(fast_pools(net, ["1"], torch.rand(1, 3, 24, 24))) == {"0", "1"}  # not "2" and "3" after it
     assert set(fast_pools(net, [], torch.rand(1, 3, 24, 24))) == {"0", "1", "2", "3"}  # the whole model
+
+
+def test_a_device_without_the_pool_kernels_falls_back_to_the_plain_pools(monkeypatch):
+    import convscope.featvis._pools as pools
+
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("max_pool2d_with_indices.out is not implemented for this device")
+
+    monkeypatch.setattr(pools._Pool, "forward", staticmethod(unsupported))
+    net = functional_stem().eval().requires_grad_(False)
+    modules = list(net.modules())
+    assert fast_pools(net, ["4"], torch.rand(1, 3, 24, 24)) == {}
+    assert list(net.modules()) == modules and hooks.hook_count(net) == 0
