@@ -120,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row[f'convscope_{clock}_s_per_channel']:7.3f} s/ch, x{row[f'speedup_{clock}']:.2f}"
                 for clock in ("wall", "cpu")), flush=True)
     # CPU time (process_time) is the fairer clock on a shared machine: other jobs' load does not count in it
-    verdict = all(r["speedup_cpu"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows)
+    # the targets are for full renders: a few steps weigh each render's setup (folding, probes) far more
+    judged = steps >= 256
+    verdict = all(r["speedup_cpu"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows) if judged else None
     payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "rows": rows,
-               "targets": "x2 for one channel, x3 per channel in a batch (CPU time)", "targets_met": verdict}
+               "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows,
+               "targets": "x2 for one channel, x3 per channel in a batch (CPU time, 256 steps)", "targets_met": verdict}
+    outcome = ("met" if verdict else "NOT met") if judged else f"not judged ({steps} steps; they are for 256)"
     report("featvis", payload, save=args.save, as_json=args.json,
-           summary=f"targets (x2 single, x3 per channel in a batch; CPU time): {'met' if verdict else 'NOT met'}")
+           summary=f"targets (x2 single, x3 per channel in a batch; CPU time): {outcome}")
     return 0
 
 
