@@ -85,18 +85,28 @@ def passed(grad: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 
 
 class RectifierMode(TorchFunctionMode):
-    """Runs every rectifier call whose input needs a gradient as `function.apply(x, self, low, high, inplace)`;
-    everything else, and calls `takes` declines, as written."""
+    """Runs every rectifier call whose input needs a gradient as `rectified(x, low, high, inplace)` (by default
+    `function.apply(x, self, low, high, inplace)`); everything else, and calls `takes` declines, as written.
+
+    A mode whose backward is the rectifier's own, only computed differently, sets `exact = True`: `rewriting()`
+    does not count it."""
 
     function: type[torch.autograd.Function]
+    exact = False
 
     def __enter__(self):
-        _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+        if not self.exact:
+            _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
         return super().__enter__()
 
     def __exit__(self, *exc: Any):
-        _ACTIVE.depth -= 1
+        if not self.exact:
+            _ACTIVE.depth -= 1
         return super().__exit__(*exc)
+
+    def rectified(self, x: torch.Tensor, low: float, high: float | None, inplace: bool) -> torch.Tensor:
+        """The rewritten rectifier call."""
+        return self.function.apply(x, self, low, high, inplace)
 
     def takes(self, high: float | None) -> bool:
         """Whether to rewrite this rectifier call (`high` is None for a ReLU); seen for every call, with or without
@@ -111,10 +121,10 @@ class RectifierMode(TorchFunctionMode):
         x, low, high, inplace = found
         if not (self.takes(high) and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
             return func(*args, **kwargs)
-        return self.function.apply(x, self, low, high, inplace)
+        return self.rectified(x, low, high, inplace)
 
 
 def rewriting() -> bool:
-    """Whether a `RectifierMode` (guided backprop, DeconvNet, redirected ReLUs) is rewriting rectifier gradients on
+    """Whether a `RectifierMode` that changes gradients (guided backprop, DeconvNet, redirected ReLUs) is active on
     this thread; other code that would change a rectifier's autograd should then leave it alone."""
     return getattr(_ACTIVE, "depth", 0) > 0

@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .. import hooks
-from .._rectifiers import match, passed, rectify_keeping, rewriting
+from .._rectifiers import RectifierMode, match, passed, rectify_keeping, rewriting
 
 __all__ = ["fast_pools"]
 
@@ -140,21 +140,20 @@ class _Pool(torch.autograd.Function):
         return out, None, None, None
 
 
-class _Linking(TorchFunctionMode):
-    """Inside P: rectifier calls that need a gradient go through `_Rect`, and their outputs are remembered."""
+class _Linking(RectifierMode):
+    """Inside P: rectifier calls that need a gradient go through `_Rect`, and their outputs are remembered. Not
+    while a mode that changes rectifier gradients is active."""
+
+    exact = True
 
     def __init__(self, links: WeakTensorKeyDictionary):
         super().__init__()
         self.links = links
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        found = match(func, args, kwargs)
-        if found is None or rewriting() or not torch.is_grad_enabled():
-            return func(*args, **kwargs)
-        x, low, high, inplace = found
-        if not (isinstance(x, torch.Tensor) and x.requires_grad):
-            return func(*args, **kwargs)
+    def takes(self, high: float | None) -> bool:
+        return not rewriting()
+
+    def rectified(self, x: torch.Tensor, low: float, high: float | None, inplace: bool) -> torch.Tensor:
         link = _Link()
         out = _Rect.apply(x, low, high, inplace, link)
         self.links[out] = (link, low, high)
