@@ -23,7 +23,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (random init, noise, ...); default 0")
 
 
-def add_output(parser: argparse.ArgumentParser, default: str, json_help: str = "print the numbers and recipe as JSON") -> None:
+def add_output(parser: argparse.ArgumentParser, default: str,
+               json_help: str = "print the numbers and recipe as JSON") -> None:
     """`-o/--output` (a PNG, the recipe written beside it as .json) and `--json`, as every picture command has them."""
     parser.add_argument("-o", "--output", default=default, help=f"picture to write (PNG; default {default}); the "
                                                                  "recipe goes beside it as .json")

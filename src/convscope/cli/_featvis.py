@@ -51,7 +51,6 @@ def _progress(label: str):
     return bar, update
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     vis = sub.add_parser("visualize", help="synthesize the image a unit, channel or layer responds to most",
                          description="Feature visualization: gradient ascent from noise (or --init IMAGE) in a "

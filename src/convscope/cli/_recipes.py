@@ -24,7 +24,6 @@ def _unit(args: argparse.Namespace) -> str:
     return f"{args.layer}:{unit}"
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     invert = sub.add_parser("invert", help="reconstruct an image from a layer's code (Mahendran & Vedaldi)",
                             description="Feature inversion: from seeded noise, find an image whose code at LAYER "

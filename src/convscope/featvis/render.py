@@ -272,8 +272,8 @@ def render(
             the same function up to float rounding): eval-mode BatchNorm folded into the preceding convolutions
             (checked on a probe), 1x1 convolutions through oneDNN, the image-facing strided convolution's input
             gradient computed phase by phase (see `_engine`), max-pools that reuse their memory and mask the
-            gradient of the ReLU before them on the pooled tensor (see `_pools`), and the branches of a concatenating layer (Inception) that the
-            objective's channels do not come from skipped (see `_prune`).
+            gradient of the ReLU before them on the pooled tensor (see `_pools`), and the branches of a
+            concatenating layer (Inception) that the objective's channels do not come from skipped (see `_prune`).
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
 
     Returns:
@@ -332,7 +332,7 @@ def render(
         stack.enter_context(hooks.frozen(module))
         probe = spec.example_input(1).new_full((1, spec.channels, *sizes[0]), 0.5)
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
-        # folded BatchNorms; layers whose branches outside the objective's channels are skipped
+        # `fuse`: folded BatchNorms, faster convolutions, pruned branches, fast pools (each checked on a probe)
         fused, skipped, pooled = 0, [], []
         if fuse:
             fused = stack.enter_context(folded(module, native, objective.layers))
