@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -188,6 +188,7 @@ def capture(
     detach: bool = True,
     stop: bool = False,
     leaves: Sequence[str] = (),
+    consume: Callable[[str, int, torch.Tensor], None] | None = None,
 ) -> Iterator[Capture]:
     """Record the outputs of `layers` during forward passes run inside the block.
 
@@ -202,6 +203,10 @@ def capture(
         leaves: names among `layers` whose output becomes a new leaf requiring grad (implies live tensors): the
             autograd graph then starts there, so a backward to them costs only the network after them, even with
             nothing upstream requiring grad (Grad-CAM on a frozen model).
+        consume: stream instead of storing: `consume(path, k, output)` is called inside the hook with call `k` of
+            each requested module's live output, and nothing is kept (`cap[name]` is then `None`). It must neither
+            change nor keep the tensor (ops later in the network may change it in place). Saves one copy of every
+            captured output (dataset scans reduce many layers per batch this way).
 
     Each forward pass starts a new recording. Yields a `Capture`.
     """
@@ -229,7 +234,10 @@ def capture(
                 raise TypeError(f"layer {base!r} returns {type(output).__name__}, not a tensor; pick a tensor layer")
             k = len(record.calls[base])
             replacement = None
-            if live:
+            if consume is not None:
+                consume(base, k, output)
+                stored = None
+            elif live:
                 stored = output.detach().requires_grad_(True) if (base, k) in leaf_calls else output
                 if gradients and stored.requires_grad:
                     stored.register_hook(lambda g, base=base, k=k: record.grads[base].__setitem__(k, g))

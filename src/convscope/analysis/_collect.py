@@ -1,0 +1,194 @@
+"""What a dataset scan computes per batch, and the interface every view of it implements.
+
+A scan runs the network over a dataset once; for every batch and every chosen layer it hands the layer's live output
+to each `Collector` through a `LayerBatch`, which computes the per-input reductions the collectors share (spatial
+peak, per-input sums) once. A collector's state is a dict of tensors and plain values (it pickles, checkpoints with
+`torch.save` and loads with `weights_only=True`), and `merge` combines the states of consecutive shards exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["LayerPlan", "Plan", "LayerBatch", "Collector", "sort_keys", "EMPTY_KEY"]
+
+By = Literal["max", "mean"]
+State = dict[str, Any]
+
+EMPTY_KEY = torch.iinfo(torch.int64).min
+_LOW32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One captured layer: `name` (`path` or `path#k`), its module `path` and call `call`, the output `shape`
+    without the batch axis ((C, H, W) or (F,)), and the chosen `channels` (sorted, unique)."""
+
+    name: str
+    path: str
+    call: int
+    shape: tuple[int, ...]
+    channels: tuple[int, ...]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def all_channels(self) -> bool:
+        return self.channels == tuple(range(self.shape[0]))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that fixes a scan's result (it is hashed into the checkpoint's fingerprint).
+
+    `items` is the number of dataset items visited (`limit` applied); shards are `shard_size` consecutive items
+    (a multiple of `batch_size`, so a shard's batches are the same whoever runs it).
+    """
+
+    layers: tuple[LayerPlan, ...]
+    k: int
+    by: By
+    topk: bool
+    stats: bool
+    batch_size: int
+    shard_size: int
+    items: int
+    precision: Literal["float32", "bf16"]
+    candidates: int = 0  # bf16: candidates kept per unit (0 in float32)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shards(self) -> int:
+        return max(1, -(-self.items // self.shard_size))
+
+    def shard_range(self, shard: int) -> range:
+        start = shard * self.shard_size
+        return range(start, min(self.items, start + self.shard_size))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "layers": {lp.name: {"shape": list(lp.shape), "channels": _ranges(lp.channels)} for lp in self.layers},
+            "k": self.k, "by": self.by, "topk": self.topk, "stats": self.stats, "batch_size": self.batch_size,
+            "shard_size": self.shard_size, "items": self.items, "precision": self.precision,
+            "candidates": self.candidates, **self.extra,
+        }
+
+
+def _ranges(channels: tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) -> "0-2,5": a short, exact record of a channel selection."""
+    parts, start = [], None
+    for i, c in enumerate(channels):
+        if start is None:
+            start = c
+        if i + 1 == len(channels) or channels[i + 1] != c + 1:
+            parts.append(str(start) if start == c else f"{start}-{c}")
+            start = None
+    return ",".join(parts)
+
+
+def sort_keys(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """float32 values (U, N) and int64 dataset indices (N,) or (U, N) -> int64 keys (U, N) whose descending order is
+    (value descending, index ascending): the one total order of every top-k in convscope.
+
+    The float's bits are mapped to an order-preserving int32 (negative floats flipped), -0.0 counts as 0.0, and the
+    index fills the low 32 bits inverted, so `torch.topk` on the keys is exact, ties included, on any device.
+    """
+    values = values.float() + 0.0  # -0.0 + 0.0 == +0.0: the two zeros compare equal, as floats do
+    bits = values.view(torch.int32).long()
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (ordered << 32) | (_LOW32 - indices.long().expand_as(ordered))
+
+
+class LayerBatch:
+    """One layer's output for one batch, valid only during the collectors' `update` calls.
+
+    `output` is (B, C, H, W) or (B, F) (live: never change or keep it); `indices` (B,) dataset positions, `labels`
+    (B,), `batch_size` the size of the batch as run (needed to re-score bf16 candidates in float32 identically).
+    Reductions are computed on first use and shared: `peak` (B, U) spatial max per chosen unit, `score` (B, U)
+    the ranking value (`peak`, or `mean` with `by="mean"`), `sums` / `squares` (B, U) per-input float32 sums of
+    values and of squares, `positions(b, c)` (row, col) of the first spatial max in row-major order.
+    """
+
+    def __init__(self, plan: LayerPlan, by: By, output: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor
+                 ) -> None:
+        self.plan, self.by, self.output = plan, by, output
+        self.indices, self.labels = indices, labels
+        self.batch_size = int(output.shape[0])
+        self._select = None if plan.all_channels else torch.tensor(plan.channels, device=output.device)
+
+    @cached_property
+    def values(self) -> torch.Tensor:
+        """The output in float32 (the output itself in a float32 pass)."""
+        return self.output if self.output.dtype == torch.float32 else self.output.float()
+
+    def _units(self, per_channel: torch.Tensor) -> torch.Tensor:
+        return per_channel if self._select is None else per_channel.index_select(1, self._select)
+
+    @cached_property
+    def positions_per_input(self) -> int:
+        return self.output[0, 0].numel() if self.plan.spatial else 1
+
+    @cached_property
+    def peak(self) -> torch.Tensor:
+        if not self.plan.spatial:
+            return self._units(self.values)
+        return self._units(self.output.amax((2, 3)).float())
+
+    @cached_property
+    def sums(self) -> torch.Tensor:
+        if not self.plan.spatial:
+            return self._units(self.values)
+        return self._units(self.values.sum((2, 3)))
+
+    @cached_property
+    def squares(self) -> torch.Tensor:
+        if not self.plan.spatial:
+            v = self._units(self.values)
+            return v * v
+        v = self.values
+        if v.is_contiguous():  # one pass without a temporary; square of the norm, exact to an ulp
+            return self._units(torch.linalg.vector_norm(v, dim=(2, 3)) ** 2)
+        return self._units((v * v).sum((2, 3)))
+
+    @cached_property
+    def score(self) -> torch.Tensor:
+        return self.peak if self.by == "max" else self.sums / self.positions_per_input
+
+    def positions(self, rows: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, col) of the first spatial max of inputs `rows` (N,) at unit positions `units` (N,) (indices into
+        the chosen channels); (-1, -1) for layers without spatial axes."""
+        if not self.plan.spatial or rows.numel() == 0:
+            fill = torch.full_like(rows, -1)
+            return fill, fill.clone()
+        channels = units if self._select is None else self._select[units]
+        maps = self.output[rows, channels].flatten(1)  # (N, H*W)
+        flat = maps.argmax(1)  # the first maximal value, in row-major order
+        width = self.output.shape[3]
+        return flat // width, flat % width
+
+
+class Collector:
+    """One view a scan computes. Subclasses implement the four steps; states are plain dicts of tensors/values.
+
+    - `empty(plan)`: the state of nothing seen;
+    - `update(state, batch)`: fold one layer's batch (a `LayerBatch`) into `state`, in place;
+    - `merge(a, b)`: the state of `a`'s items followed by `b`'s (exact; scans merge shard states in shard order);
+    - `name`: the key of its state in checkpoints.
+    """
+
+    name: str = "collector"
+
+    def empty(self, plan: Plan) -> State:
+        raise NotImplementedError
+
+    def update(self, state: State, batch: LayerBatch) -> None:
+        raise NotImplementedError
+
+    def merge(self, a: State, b: State) -> State:
+        raise NotImplementedError

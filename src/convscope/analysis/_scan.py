@@ -1,0 +1,220 @@
+"""`scan`: one streaming pass over a dataset computing, for every chosen unit at once, its top-k inputs and its
+activation statistics; locally or on Ray, checkpointed per shard, exact (and still exact in bf16)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from ..accel import resolve_precision
+from ..data import Dataset, resolve
+from ..errors import OptionError
+from ..models import ModelSpec, load
+from ..results import Recipe, ResultMixin
+from ._collect import By, Collector, Plan
+from ._engine import Accumulator, ShardRunner, Units, resolve_units, run_local, scan_layers
+from ._stats import Stats, build_stats
+from ._stats_state import StatsCollector
+from ._topk import LayerTopK, TopK
+from ._topk_state import CandidateCollector, TopKCollector
+
+__all__ = ["scan", "topk", "stats", "Scan"]
+
+Engine = Literal["local", "ray"]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Scan(ResultMixin):
+    """What one pass computed.
+
+    Attributes:
+        topk: the top-k result (None with `topk=False`); stats: the statistics (None with `stats=False`).
+        items: dataset items visited; skipped: (item, reason) for each unreadable item left out.
+        bf16: with precision "bf16", how the top-k was made exact (images re-scored in float32, units recomputed
+            by a float32 pass); None in float32.
+        recipe: how it was made.
+    """
+
+    topk: TopK | None
+    stats: Stats | None
+    items: int
+    skipped: tuple[tuple[str, str], ...]
+    bf16: dict[str, Any] | None
+    recipe: Recipe
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"items": self.items, "scanned": self.items - len(self.skipped),
+                               "skipped": len(self.skipped), "skipped_items": [list(s) for s in self.skipped]}
+        if self.stats is not None:
+            out["layers"] = self.stats.summary()
+        if self.bf16 is not None:
+            out["bf16"] = self.bf16
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "scan", "items": self.items, "skipped": [list(s) for s in self.skipped], "bf16": self.bf16,
+                "recipe": self.recipe.to_dict(), "topk": self.topk.to_dict() if self.topk else None,
+                "stats": self.stats.to_dict() if self.stats else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Scan":
+        return cls(TopK.from_dict(data["topk"]) if data.get("topk") else None,
+                   Stats.from_dict(data["stats"]) if data.get("stats") else None, int(data["items"]),
+                   tuple(tuple(s) for s in data["skipped"]), data.get("bf16"), Recipe(**data["recipe"]))
+
+    def to_image(self, **kwargs: Any) -> Image.Image:
+        if self.topk is not None and self.topk.origin is not None:
+            return self.topk.to_image(**kwargs)
+        if self.stats is not None:
+            return self.stats.to_image()
+        raise OptionError("this scan holds nothing to draw")
+
+
+def _describe_data(data: Any, dataset: Dataset, split: str) -> dict[str, Any]:
+    given = str(data) if isinstance(data, (str, Path)) else dataset.name
+    return {"data": given, "split": split, "dataset": dataset.name, "dataset_items": len(dataset)}
+
+
+def _fingerprint(recipe: dict[str, Any]) -> str:
+    text = json.dumps({k: v for k, v in recipe.items() if k != "versions"}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_options(k: int, by: str, batch_size: int, limit: int | None, engine: str, topk: bool, stats: bool
+                   ) -> None:
+    if k < 1:
+        raise OptionError(f"k must be at least 1, got {k}")
+    if by not in ("max", "mean"):
+        raise OptionError(f"by {by!r}: choose 'max' (spatial max) or 'mean' (spatial mean)")
+    if batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise OptionError(f"limit must be >= 0, got {limit}")
+    if engine not in ("local", "ray"):
+        raise OptionError(f"engine {engine!r}: choose 'local' or 'ray'")
+    if not (topk or stats):
+        raise OptionError("nothing to compute: topk and stats are both off")
+
+
+def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: int = 9, by: By = "max",
+         topk: bool = True, stats: bool = True, units: Units = None, batch_size: int = 64,
+         shard_size: int | None = None, limit: int | None = None, split: Literal["train", "test"] = "test",
+         precision: Literal["auto", "float32", "bf16"] = "float32", engine: Engine = "local",
+         address: str | None = None, workers: int | None = None, checkpoint: str | Path | None = None,
+         progress: Progress | None = None) -> Scan:
+    """One pass over `data` computing each chosen unit's top-k inputs and activation statistics.
+
+    Args:
+        model: a `ModelSpec`, `nn.Module` or model string. It is not changed.
+        data: anything `convscope.data.resolve` accepts (a name such as "fashion-mnist", an image folder, a `.npz`,
+            an IDX file, a torchvision dataset, a `Dataset`); `split` picks train/test for names and IDX folders.
+        layers: layer names (`path`, `path#k`), or "all" for the output of every conv and linear layer. The
+            forward pass stops after the deepest one.
+        k: examples per unit. by: "max" ranks inputs by the unit's spatial max (default), "mean" by its spatial
+            mean; the (row, col) recorded is always the first spatial max in row-major order.
+        topk, stats: what to compute. units: which channels (see `resolve_units`: None = all; "0-15"; a dict
+            {layer: channels}; unit strings ["conv2:5"]).
+        batch_size: inputs per forward pass; shard_size: items per shard (the unit of checkpointing and of Ray
+            tasks; default about 1024, rounded up to a multiple of batch_size); limit: the first `limit` items.
+        precision: "float32" (default), "bf16" (candidates in bfloat16, top-k re-scored in float32: still exact;
+            statistics other than max/dead approximate, see `Stats.exact`) or "auto" (bf16 where faster).
+        engine: "local" or "ray" (`address` of a cluster, else a local Ray with `workers` CPUs).
+        checkpoint: a file; the merged state is written there after every shard, and a run given an existing
+            checkpoint of the same scan continues from it (same result as an uninterrupted run).
+        progress: called as `progress(items_done, items_total)` as the pass advances.
+
+    Returns a `Scan` with `topk` (a `TopK`), `stats` (a `Stats`), the count and names of skipped items.
+    Memory grows with units x k, not with the dataset.
+    """
+    _check_options(k, by, batch_size, limit, engine, topk, stats)
+    spec = load(model)
+    dataset = resolve(data, split=split)
+    resolved = resolve_precision(precision, spec.device, spec.dtype)
+    found = scan_layers(spec.module, spec.example_input(), layers)
+    plans = resolve_units(units, found)
+    items = len(dataset) if limit is None else min(limit, len(dataset))
+    shard = shard_size or 1024
+    if shard < 1:
+        raise OptionError(f"shard_size must be at least 1, got {shard_size}")
+    shard = -(-shard // batch_size) * batch_size
+    candidates = max(2 * k, k + 16) if resolved == "bf16" and topk else 0
+    plan = Plan(tuple(plans), k, by, topk, stats, batch_size, shard, items, resolved, candidates)
+    params = {**_describe_data(data, dataset, split), **plan.describe(), "limit": limit, "precision_asked": precision}
+    recipe = Recipe(kind="scan", model=spec.describe(), params=params)
+    collectors: list[Collector] = []
+    if topk:
+        collectors.append(CandidateCollector(candidates) if candidates else TopKCollector(k))
+    if stats:
+        collectors.append(StatsCollector())
+    acc = Accumulator(plan, collectors, _fingerprint(recipe.to_dict()), checkpoint)
+    if engine == "ray":
+        from ._ray import run_ray
+
+        run_ray(spec, dataset, plan, collectors, acc, address=address, workers=workers, progress=progress)
+    else:
+        run_local(spec, dataset, plan, collectors, acc, progress)
+    return _finish(spec, dataset, plan, collectors, acc, recipe)
+
+
+def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Collector], acc: Accumulator,
+            recipe: Recipe) -> Scan:
+    channels = {lp.name: lp.channels for lp in plan.layers}
+    topk_state = acc.states.get("topk")
+    report = None
+    if "candidates" in acc.states:
+        from ._rescore import _Scores, certify
+
+        def runner_factory(size: int) -> ShardRunner:
+            sub = Plan(plan.layers, plan.k, plan.by, True, False, size, size, plan.items, "float32")
+            return ShardRunner(spec, dataset, sub, [_Scores()])
+
+        def fallback(sub: Plan) -> dict[str, Any]:
+            sub = Plan(sub.layers, plan.k, plan.by, True, False, plan.batch_size, plan.shard_size, plan.items,
+                       "float32")
+            inner = Accumulator(sub, [TopKCollector(plan.k)], "fallback", None)
+            run_local(spec, dataset, sub, inner.collectors, inner)
+            return inner.states["topk"]
+
+        topk_state, report = certify(runner_factory, fallback, plan, acc.states["candidates"], plan.k)
+    result_topk = None
+    if topk_state is not None:
+        layers = {name: LayerTopK(name, channels[name], *(topk_state[name][f].clone() for f in
+                                                          ("values", "indices", "labels", "rows", "cols")))
+                  for name in channels}
+        used = sorted({int(i) for t in layers.values() for i in t.indices.flatten().tolist() if i >= 0})
+        sources = {i: dataset.item_name(i) for i in used}
+        result_topk = TopK(layers, plan.k, plan.by, sources, tuple(dataset.classes) if dataset.classes else None,
+                           recipe, origin=(spec, dataset))
+    result_stats = None
+    if "stats" in acc.states:
+        exact: tuple[str, ...] = ("mean", "std", "max", "active", "hist", "dead")
+        state = acc.states["stats"]
+        if plan.precision == "bf16":
+            exact = ()
+            if result_topk is not None and plan.by == "max":  # the exact top-1 is the exact max
+                exact = ("max", "dead")
+                state = {name: {**s, "max": result_topk.layers[name].values[:, 0].clone()} for name, s in state.items()}
+        result_stats = build_stats(state, channels, plan.by, exact, recipe)
+    skipped = tuple((str(a), str(b)) for a, b in acc.skipped)
+    return Scan(result_topk, result_stats, plan.items, skipped, report, recipe)
+
+
+def topk(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: int = 9, **options: Any) -> TopK:
+    """The top-k part of `scan` (statistics off); options as in `scan`."""
+    result = scan(model, data, layers, k=k, topk=True, stats=False, **options).topk
+    assert result is not None
+    return result
+
+
+def stats(model: ModelSpec | Any, data: Any, layers: str | Sequence[str] = "all", **options: Any) -> Stats:
+    """The statistics part of `scan` (top-k off); options as in `scan`."""
+    result = scan(model, data, layers, topk=False, stats=True, **options).stats
+    assert result is not None
+    return result

@@ -1,0 +1,92 @@
+"""Online per-unit activation statistics that merge exactly: counts, Chan's parallel mean/variance, max, histograms.
+
+Definitions (per chosen unit, over the whole dataset):
+- `mean`, `std`: of the unit's activation over every input and every spatial position (population std, ddof 0).
+  Each input contributes float32 sums of its values and squares over its positions; batches and shards are
+  combined in float64 with Chan et al.'s parallel formulas, so splitting the data changes nothing but rounding,
+  and a scan split the same way (the same shards) gives the same bits.
+- `max`: the largest activation anywhere; `dead`: `max <= 0`, the unit never has a positive value.
+- `active`: number of inputs whose spatial max is > 0 (the unit fires somewhere on them); sparsity = 1 - active/N.
+- `hist`: counts of the per-input response (the ranking value: spatial max, or spatial mean with `by="mean"`)
+  in fixed bins `HIST_EDGES`, the same for every unit, shard and machine, so histograms add exactly. The edges are
+  signed powers of two at half-octave steps from 2^-10 to 2^10 around an edge at 0; bin `i` is
+  `[HIST_EDGES[i-1], HIST_EDGES[i])`, with one open bin at each end. A silent input (response exactly 0) falls in
+  `[0, 2^-10)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._collect import Collector, LayerBatch, Plan, State
+
+__all__ = ["StatsCollector", "HIST_EDGES", "chan", "to_device"]
+
+_STEPS = torch.arange(-20, 21, dtype=torch.float64) / 2  # half-octave exponents -10 .. 10
+_POSITIVE = torch.pow(2.0, _STEPS)
+HIST_EDGES: torch.Tensor = torch.cat([-_POSITIVE.flip(0), torch.zeros(1, dtype=torch.float64), _POSITIVE]).float()
+"""(83,) float32 bin edges; `len(HIST_EDGES) + 1` bins."""
+
+
+def chan(n_a: int, mean_a: torch.Tensor, m2_a: torch.Tensor, n_b: int, mean_b: torch.Tensor, m2_b: torch.Tensor
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chan, Golub & LeVeque's combination of two groups' (count, mean, sum of squared deviations) -> (mean, M2)
+    of their union (float64 tensors)."""
+    if n_a == 0:
+        return mean_b.clone(), m2_b.clone()
+    if n_b == 0:
+        return mean_a.clone(), m2_a.clone()
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+    return mean, m2
+
+
+def to_device(state: dict, device: torch.device | str) -> dict:
+    """The same state dict with its tensors on `device` (nested dicts followed; other values kept)."""
+    return {key: to_device(value, device) if isinstance(value, dict) else
+            value.to(device) if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+
+def _empty_layer(units: int) -> dict:
+    return {"inputs": 0, "positions": 0, "mean": torch.zeros(units, dtype=torch.float64),
+            "m2": torch.zeros(units, dtype=torch.float64), "max": torch.full((units,), float("-inf")),
+            "active": torch.zeros(units, dtype=torch.int64),
+            "hist": torch.zeros(units, len(HIST_EDGES) + 1, dtype=torch.int64)}
+
+
+def _merge_layer(a: dict, b: dict) -> dict:
+    n_a, n_b = a["inputs"] * a["positions"], b["inputs"] * b["positions"]
+    mean, m2 = chan(n_a, a["mean"], a["m2"], n_b, b["mean"], b["m2"])
+    return {"inputs": a["inputs"] + b["inputs"], "positions": a["positions"] or b["positions"], "mean": mean,
+            "m2": m2, "max": torch.maximum(a["max"], b["max"]), "active": a["active"] + b["active"],
+            "hist": a["hist"] + b["hist"]}
+
+
+class StatsCollector(Collector):
+    """Per-unit mean, std, max, active count and response histogram (see the module docstring)."""
+
+    name = "stats"
+
+    def empty(self, plan: Plan) -> State:
+        return {lp.name: _empty_layer(len(lp.channels)) for lp in plan.layers}
+
+    def update(self, state: State, batch: LayerBatch) -> None:
+        name = batch.plan.name
+        peak, score = batch.peak, batch.score
+        inputs, positions = peak.shape[0], batch.positions_per_input
+        sums = batch.sums.double().sum(0)
+        squares = batch.squares.double().sum(0)
+        count = inputs * positions
+        mean = sums / count
+        m2 = (squares - sums * mean).clamp(min=0.0)
+        bins = torch.bucketize(score, HIST_EDGES.to(score.device), right=True)  # (B, U)
+        hist = torch.zeros(peak.shape[1], len(HIST_EDGES) + 1, dtype=torch.int64, device=score.device)
+        hist.scatter_add_(1, bins.T, torch.ones_like(bins.T))
+        part = {"inputs": inputs, "positions": positions, "mean": mean, "m2": m2, "max": peak.amax(0),
+                "active": (peak > 0).sum(0), "hist": hist}
+        state[name] = _merge_layer(to_device(state[name], score.device), part)
+
+    def merge(self, a: State, b: State) -> State:
+        return {name: _merge_layer(a[name], b[name]) for name in a}
