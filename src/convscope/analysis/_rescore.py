@@ -125,8 +125,8 @@ def certify(runner_factory, fallback, plan: Plan, candidates: State, k: int) -> 
     for name, c in candidates.items():
         valid = c["indices"] >= 0
         t16 = c["values"][:, min(k, c["values"].shape[1]) - 1]
-        margin = RHO * t16.abs()
-        chosen[name] = valid & ((torch.arange(c["values"].shape[1]) < k) | (c["values"] >= (t16 - margin)[:, None]))
+        # First round: the bf16 top-k (and its ties); later rounds add what the certificate asks for.
+        chosen[name] = valid & (c["values"] >= t16[:, None])
         # Drops at or above the k-th bf16 value: ties beyond the candidates, certification is impossible.
         hopeless[name] = (c["floor"] > float("-inf")) & (c["floor"] >= t16)
     rounds = 0

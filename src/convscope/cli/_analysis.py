@@ -152,7 +152,7 @@ def run_stats(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     (out / "stats.json").write_text(json.dumps(stats.to_dict()))
-    stats.save(out / "stats.png")
+    stats.to_image().save(out / "stats.png")  # the recipe is inside stats.json
     if args.json:
         print_json({"output": str(out), **result.summary(), "exact": list(stats.exact)})
         return 0

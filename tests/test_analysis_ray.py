@@ -1,0 +1,52 @@
+"""The Ray engine on a local Ray with 2 workers: its merged result equals the local engine's, bit for bit, also when
+it resumes a checkpoint the local engine started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from convscope import analysis, data, hooks
+from convscope.models import load
+
+ray = pytest.importorskip("ray")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the test session: 2 workers, no dashboard; workers import this checkout's convscope."""
+    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_equals_local_and_resumes_a_local_checkpoint(local_ray, tmp_path):
+    spec = load("convscope:fashion-cnn")
+    fashion = data.resolve("fashion-mnist")
+    options = dict(k=9, limit=320, batch_size=32, shard_size=64)
+    local = analysis.scan(spec, fashion, ["conv1", "conv2", "fc1"], **options)
+    seen = []
+    remote = analysis.scan(spec, fashion, ["conv1", "conv2", "fc1"], engine="ray", progress=lambda d, t: seen.append(d),
+                           **options)
+    assert remote.to_dict() == local.to_dict()
+    assert seen[-1] == 320 and seen == sorted(seen)
+    assert hooks.hook_count(spec.module) == 0
+
+    path = tmp_path / "scan.ckpt"
+
+    def stop(done: int, total: int) -> None:
+        if done > 130:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analysis.scan(spec, fashion, ["conv1", "conv2", "fc1"], checkpoint=path, progress=stop, **options)
+    resumed = analysis.scan(spec, fashion, ["conv1", "conv2", "fc1"], engine="ray", checkpoint=path, **options)
+    assert resumed.to_dict() == local.to_dict()
