@@ -5,8 +5,8 @@ change survives a call, whether it succeeds, gets a bad target, or the model rai
 
 - `frozen(model)`: eval mode and no parameter gradients, restored on exit.
 - `capture(model, layers)`: record activations (and optionally gradients) of layers by `named_modules()` path;
-  a module that runs several times per forward pass is addressed as `name#k`; `stop=True` skips the rest of the
-  network once every requested layer has run.
+  a module that runs several times per forward pass is addressed as `name#k`, a module's input (its first
+  argument) as `name:input`; `stop=True` skips the rest of the network once every requested layer has run.
 - `swap_modules(model, {path: module})`: temporarily replace submodules.
 - `function_mode(mode)`: run code under a `TorchFunctionMode` (how guided/deconv ReLU rules reach functional ReLUs).
 - `record_calls(model)`: log every module call of a forward pass with its output shape (layer listings).
@@ -36,6 +36,7 @@ __all__ = [
     "function_mode",
     "get_module",
     "split_call",
+    "INPUT_SUFFIX",
     "hook_count",
     "record_calls",
     "saved_tensor_bytes",
@@ -50,6 +51,10 @@ def split_call(name: str) -> tuple[str, int | None]:
             raise LayerNotFoundError(f"layer {name!r}: the part after '#' must be a call index like '#0'")
         return base, int(k)
     return name, None
+
+
+# `"fc2:input"` names what goes INTO fc2 (its first argument), e.g. the pooled features a classifier reads.
+INPUT_SUFFIX = ":input"
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -195,6 +200,7 @@ def capture(
     Args:
         model: the network; it is not modified (hooks are removed on exit, even on error).
         layers: `named_modules()` paths (`"layer4.1.conv2"`, `"layer1.0.relu#1"` for the second call), or modules.
+            `"fc2:input"` (`"relu:input#1"`) records a module's input (its first argument) instead of its output.
         gradients: also record the gradient w.r.t. each captured output during `backward()` (implies `detach=False`
             for the graph, while `activations` still returns the tensors seen in forward).
         detach: store detached copies (default). `False` keeps live tensors in the graph (e.g. for Grad-CAM).
@@ -216,7 +222,7 @@ def capture(
     bases = {}
     for name in names:
         base, _ = split_call(name)
-        bases[base] = get_module(model, base)
+        bases[base] = get_module(model, base.removesuffix(INPUT_SUFFIX))
     record = Capture(requested=names, model=model, stop=stop)
     live = gradients or not detach or bool(leaves)
     leaf_calls = {(base, k or 0) for base, k in map(split_call, leaves)}
@@ -231,7 +237,8 @@ def capture(
     def make_hook(base: str):
         def hook(_module, _args, output):
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {base!r} returns {type(output).__name__}, not a tensor; pick a tensor layer")
+                what = "takes" if base.endswith(INPUT_SUFFIX) else "returns"
+                raise TypeError(f"layer {base!r} {what} {type(output).__name__}, not a tensor; pick a tensor layer")
             k = len(record.calls[base])
             replacement = None
             if consume is not None:
@@ -253,10 +260,20 @@ def capture(
 
         return hook
 
+    def make_input_hook(hook):
+        def pre_hook(module, args):
+            replacement = hook(module, args, args[0] if args else None)
+            return None if replacement is None else (replacement, *args[1:])
+
+        return pre_hook
+
     try:
         handles.append(model.register_forward_pre_hook(reset))
         for base, module in bases.items():
-            handles.append(module.register_forward_hook(make_hook(base)))
+            if base.endswith(INPUT_SUFFIX):
+                handles.append(module.register_forward_pre_hook(make_input_hook(make_hook(base))))
+            else:
+                handles.append(module.register_forward_hook(make_hook(base)))
         yield record
     finally:
         for handle in handles:

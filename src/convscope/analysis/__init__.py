@@ -1,6 +1,7 @@
-"""Analysis of what a network computes: activation grids, filter grids, and dataset scans (top-k examples with
-patches and projections, class purity, activation statistics and dead units). Every function returns a frozen
-result with a `recipe`, `to_image()` and `save()`."""
+"""Analysis of what a network computes: activation grids, filter grids, dataset scans (top-k examples with patches
+and projections, class purity, activation statistics and dead units), pooled codes over a dataset, t-SNE embeddings
+and grids, layer-wise linear probes. Every function returns a frozen result with a `recipe`, `to_image()` and
+`save()`."""
 
 from ._collect import Collector, LayerBatch
 from ._examples import UnitExamples
@@ -9,8 +10,11 @@ from ._stats import LayerStats, Stats
 from ._stats_state import HIST_EDGES
 from ._topk import LayerTopK, TopK
 from .activations import ActivationGrid, activations, as_model_input, dead_channels
+from .codes import Codes, codes
 from .filters import FilterGrid, filter_smoothness, filters
+from .probe import Probes, probe
+from .tsne import TSNE, tsne
 
-__all__ = ["ActivationGrid", "Collector", "FilterGrid", "HIST_EDGES", "LayerBatch", "LayerStats", "LayerTopK", "Scan",
-           "Stats", "TopK", "UnitExamples", "activations", "as_model_input", "dead_channels", "filter_smoothness",
-           "filters", "scan", "stats", "topk"]
+__all__ = ["ActivationGrid", "Codes", "Collector", "FilterGrid", "HIST_EDGES", "LayerBatch", "LayerStats",
+           "LayerTopK", "Probes", "Scan", "Stats", "TSNE", "TopK", "UnitExamples", "activations", "as_model_input",
+           "codes", "dead_channels", "filter_smoothness", "filters", "probe", "scan", "stats", "topk", "tsne"]
