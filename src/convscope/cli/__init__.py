@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from ..errors import ConvscopeError
 
 # One module per family of commands; each adds its own subcommands. Order = order in `convscope --help`.
-_FAMILIES = ("_models", "_layers", "_pictures", "_train", "_attribute", "_featvis", "_recipes", "_analysis", "_demo")
+_FAMILIES = ("_models", "_layers", "_pictures", "_train", "_attribute", "_featvis", "_recipes", "_analysis",
+             "_embedding", "_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

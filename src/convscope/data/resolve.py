@@ -3,6 +3,7 @@
 Named datasets: `fashion-mnist` and `mnist`. They are looked up in `$CONVSCOPE_DATA` (or the given root), in
 torchvision's folder layout (`ROOT/FashionMNIST/raw`, `ROOT/MNIST/raw`), and for Fashion-MNIST in Debian's
 `/usr/share/datasets/fashion-mnist`; failing that, torchvision downloads them into the root (needs internet).
+`photos` is the folder of colour photo crops that `python -m convscope.data.photos` builds in the root (data/photos.py).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
 
     Args:
         data: a `Dataset` (returned as is); a torchvision dataset object; an `(images, labels)` pair of arrays;
-            a name (`"fashion-mnist"`, `"mnist"`); a folder (one sub-folder per class, or a folder of IDX files
-            `train-images-idx3-ubyte[.gz]` / `t10k-...`); a `.npz` file; or an IDX image file with its labels
+            a name (`"fashion-mnist"`, `"mnist"`, `"photos"`); a folder (one sub-folder per class, or a folder of IDX
+            files `train-images-idx3-ubyte[.gz]` / `t10k-...`); a `.npz` file; or an IDX image file with its labels
             file next to it.
         split: `"train"` or `"test"`, for names and IDX folders.
         channels: force the channel count of an image folder (default: 1 if its images are gray, else 3).
@@ -146,6 +147,10 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
         key = "fashion-mnist"
     if key in _NAMED and not Path(data).exists():
         return _named(key, split, Path(root) if root is not None else None)
+    if key == "photos" and not Path(data).exists():  # one folder, no splits: not in DATASET_NAMES
+        from .photos import photos_dataset
+
+        return photos_dataset(root, channels=channels)
     path = Path(data).expanduser()
     if path.is_dir():
         found = _find_idx(path, split)
@@ -160,5 +165,6 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
         if path.suffix == ".npz":
             return npz_dataset(path)
         return idx_dataset(path)
-    raise DatasetError(f"dataset {str(data)!r} is neither a known name ({', '.join(DATASET_NAMES)}) nor an existing "
-                       f"folder or file.{suggest(key, DATASET_NAMES)}")
+    names = (*DATASET_NAMES, "photos")
+    raise DatasetError(f"dataset {str(data)!r} is neither a known name ({', '.join(names)}) nor an existing "
+                       f"folder or file.{suggest(key, names)}")
