@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsne.set_defaults(layout="grid")
     tsne.add_argument("--perplexity", type=float, default=None, help="default min(30, (N - 1) / 3)")
     tsne.add_argument("--thumb", type=int, default=48, help="thumbnail side in pixels (default 48)")
+    tsne.add_argument("--size", type=int, default=1600,
+                      help="picture width in pixels (default 1600; the grid's cells are size / columns, 16 to 64)")
     tsne.add_argument("--split", choices=["train", "test"], default="test", help="split of a named dataset")
     add_output(tsne, "tsne.png", "print every item's coordinates, grid cell and the recipe as JSON")
     tsne.set_defaults(handler=run_tsne)
@@ -84,7 +86,7 @@ def run_tsne(args: argparse.Namespace) -> int:
         result = tsne(spec, data, args.layer, limit=_limit(args), seed=args.seed, pool=args.pool,
                       perplexity=args.perplexity, thumb=args.thumb, split=args.split, batch_size=args.batch_size,
                       progress=lambda n: bar.advance(task, n))
-    path = result.save(args.output, layout=args.layout)
+    path = result.save(args.output, layout=args.layout, size=args.size)
     if args.json:
         payload = result.to_dict()
         payload["output"] = str(path)
