@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvscopeError, OptionError
-from ._common import add_model_args, load_spec, print_json
+from ._common import add_model_args, load_spec, npz_output, picture_output, print_json
 
 NAMES = ("saliency", "deconvnet", "guided", "gradcam", "guided-gradcam", "smoothgrad", "ig", "occlusion")
 
@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     attribute.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     attribute.add_argument("--method", default="saliency", choices=(*NAMES, "all"), help="default saliency")
     _add_method_args(attribute)
-    attribute.add_argument("-o", "--output", default=None, help="PNG picture to write (default: none)")
-    attribute.add_argument("--save", default=None, metavar="MAPS.npz", help="write maps, inputs and recipe (.npz)")
+    attribute.add_argument("-o", "--output", default=None, type=picture_output,
+                           help="PNG picture to write (default: none)")
+    attribute.add_argument("--save", default=None, metavar="MAPS.npz", type=npz_output, help="write maps, inputs and recipe (.npz)")
     attribute.add_argument("--normalization", default="method", choices=("method", "each", "all"),
                            help="panel colour scale: one per method across images (default), per map, or shared")
     attribute.add_argument("--columns", type=int, default=None, help="wrap panel rows after N tiles (default: 5 when "

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConvscopeError, UnitSyntaxError
 from ._common import add_model_args, add_output, load_spec, print_json
+from ._limits import check_fits, parse_size
 
 
 def parse_units(text: str) -> list[int]:
@@ -28,15 +29,7 @@ def parse_units(text: str) -> list[int]:
 
 
 def _size(text: str | None) -> int | tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        if "x" in text.lower():
-            h, w = text.lower().split("x")
-            return (int(h), int(w))
-        return int(text)
-    except ValueError:
-        raise ConvscopeError(f"--size {text!r}: write a number (128) or HEIGHTxWIDTH (96x160)") from None
+    return None if text is None else parse_size(text)
 
 
 def _progress(label: str):
@@ -162,6 +155,7 @@ def run_visualize(args: argparse.Namespace) -> int:
     size = _size(args.size)
     if args.init is not None and size is None:
         size = tuple(spec.input_size)
+    check_fits(spec, size or spec.input_size, scale=args.outscale)
     bar, update = _progress("visualize")
     with bar:
         vis = render(spec, objective, param=args.param, size=size, steps=args.steps, optimizer=args.optimizer,
@@ -183,11 +177,13 @@ def run_class_model(args: argparse.Namespace) -> int:
     spec = load_spec(args)
     targets = [t.strip() for t in args.target.split(",") if t.strip()]
     targets = [int(t) if t.lstrip("-").isdigit() else t for t in targets]
+    size = _size(args.size)
+    check_fits(spec, size or spec.input_size, scale=args.outscale)
     bar, update = _progress("class-model")
     with bar:
         vis = class_model(spec, targets if len(targets) > 1 else targets[0], penalty=args.penalty,
                           weight=args.weight, init=args.init, data=args.data, steps=args.steps, param=args.param,
-                          optimizer=args.optimizer, lr=args.lr, size=_size(args.size), octaves=args.octaves,
+                          optimizer=args.optimizer, lr=args.lr, size=size, octaves=args.octaves,
                           outscale=args.outscale, seed=args.seed, progress=update)
     vis = _named(vis, spec)
     path = vis.save(args.output)
@@ -212,10 +208,12 @@ def run_dream(args: argparse.Namespace) -> int:
 
     spec = load_spec(args)
     objective = channel(args.layer, args.unit) if args.unit is not None else None
+    size = _size(args.size)
+    check_fits(spec, size or spec.input_size, network=False)  # the network sees tiles; the photo is kept whole
     bar, update = _progress("dream")
     with bar:
         vis = dream(spec, args.image, layer_name=args.layer, objective=objective, octaves=args.octaves,
-                    steps=args.steps, lr=args.lr, levels=args.levels, tile=args.tile, size=_size(args.size),
+                    steps=args.steps, lr=args.lr, levels=args.levels, tile=args.tile, size=size,
                     seed=args.seed, progress=update)
     path = vis.save(args.output, labels=False)
     if args.json:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_args, load_spec, print_json
+from ._common import add_model_args, load_spec, positive_int, print_json
+from ._limits import check_fits
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     layers.add_argument("--rf", choices=["auto", "analytic", "measured", "none"], default="auto",
                         help="receptive fields: analytic where possible, else measured (auto, default); only "
                              "analytic; only measured; or none")
-    layers.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    layers.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                         help="probe input size (default: the model's input size)")
     layers.add_argument("--match", default=None, metavar="TEXT", help="only layers whose name contains TEXT")
     layers.set_defaults(handler=run_layers)
@@ -33,6 +34,8 @@ def run_layers(args: argparse.Namespace) -> int:
     from ..layers import list_layers
 
     spec = load_spec(args)
+    if args.input_size:
+        check_fits(spec, args.input_size, option="--input-size", what="the probe pass")
     rows = list_layers(spec, input_size=tuple(args.input_size) if args.input_size else None,
                        receptive=None if args.rf == "none" else args.rf, seed=args.seed)
     if args.match:

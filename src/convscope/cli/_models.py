@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_args, load_spec, print_json, progress
+from ._common import add_model_args, for_each_file, load_spec, positive_int, print_json, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "probable classes with names and probabilities.")
     add_model_args(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    predict.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--top", type=positive_int, default=5, help="classes per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print as JSON")
     predict.set_defaults(handler=run_predict)
 
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(evaluate)
     evaluate.add_argument("--data", required=True, help="fashion-mnist, mnist (test split), an image folder (one "
                                                         "sub-folder per class), a .npz or an IDX file")
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="default 64")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items")
+    evaluate.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
     evaluate.add_argument("--json", action="store_true", help="print as JSON")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -63,18 +63,30 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """Every readable image is classified and printed; each unreadable one is reported by name on stderr, and the
+    exit code is 2 when any failed."""
     from ..models.predict import predict
 
     spec = load_spec(args)
-    result = predict(spec, args.images, top=args.top)
+
+    def one(path: str):
+        result = predict(spec, path, top=args.top)
+        if not args.json:
+            for row in result.rows():
+                print(row["input"])
+                for item in row["top"]:
+                    print(f"  {item['rank']:>2}. {item['name']:<32} {item['prob']:.4f}  (class {item['index']})")
+        return result
+
+    done, failed = for_each_file(args.images, one)
     if args.json:
-        print_json(result.to_dict())
-        return 0
-    for row in result.rows():
-        print(row["input"])
-        for item in row["top"]:
-            print(f"  {item['rank']:>2}. {item['name']:<32} {item['prob']:.4f}  (class {item['index']})")
-    return 0
+        rows = [row for _, result in done for row in result.rows()]
+        recipe = done[-1][1].recipe.to_dict() if done else None
+        if recipe:
+            recipe["params"]["inputs"] = [row["input"] for row in rows]
+        print_json({"predictions": rows, "failed": [{"input": path, "error": str(error)} for path, error in failed],
+                    "recipe": recipe})
+    return 2 if failed else 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

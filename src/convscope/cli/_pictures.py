@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_args, load_spec, print_json
+from ._common import add_model_args, load_spec, picture_output, print_json
 
 _CMAPS = ["viridis", "inferno", "gray", "coolwarm", "jet"]
 
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(act)
     act.add_argument("image", help="image file (resized, centre-cropped and normalized for the model)")
     act.add_argument("--layer", required=True, help="layer path (see `convscope layers MODEL`), e.g. features.3")
-    act.add_argument("-o", "--output", default=None, help="PNG to write (a .json recipe is written beside it)")
+    act.add_argument("-o", "--output", default=None, type=picture_output,
+                     help="PNG to write (a .json recipe is written beside it)")
     act.add_argument("--max-channels", type=int, default=64, help="draw the first N channels (0: all; default 64)")
     act.add_argument("--norm", choices=["channel", "shared"], default="channel",
                      help="channel: each map scaled to its own min..max (default); shared: one scale for all maps")
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "convscope.analysis.filters); noisy first-layer filters hint at under-training.")
     add_model_args(filt)
     filt.add_argument("--layer", default=None, help="Conv2d layer path (default: the first Conv2d)")
-    filt.add_argument("-o", "--output", default=None, help="PNG to write (a .json recipe is written beside it)")
+    filt.add_argument("-o", "--output", default=None, type=picture_output,
+                      help="PNG to write (a .json recipe is written beside it)")
     filt.add_argument("--max-filters", type=int, default=64, help="draw the first N filters (0: all; default 64)")
     filt.add_argument("--max-inputs", type=int, default=16,
                       help="deeper layers: input channels (columns) per filter (default 16)")

@@ -6,7 +6,8 @@ import argparse
 import shlex
 import sys
 
-from ._common import device, print_json, progress
+from ._common import device, model_output, positive_int, print_json, progress
+from ._limits import check_pixels_fit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,22 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("arch", help="small-cnn, small-cnn-s2, cnn4 (or convscope:NAME,option=value)")
     parser.add_argument("--data", required=True, help="fashion-mnist, mnist (training split), an image folder "
                                                       "(one sub-folder per class), a .npz or an IDX file")
-    parser.add_argument("-o", "--output", required=True, help="output file, e.g. model.safetensors")
-    parser.add_argument("--epochs", type=int, default=5, help="default 5")
+    parser.add_argument("-o", "--output", required=True, type=model_output,
+                        help="output file, e.g. model.safetensors")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="default 5")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
-    parser.add_argument("--batch-size", type=int, default=64, help="default 64")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, default 1e-3")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                         help="input size (default: the data's for arrays/IDX, the arch's for folders: 28 or 32)")
     parser.add_argument("--channels", type=int, default=None, help="input channels (default: the data's)")
     parser.add_argument("--heldout", default=None, help="held-out data for the accuracy report (default: the test "
                                                         "split of a named dataset, else --heldout-fraction)")
     parser.add_argument("--heldout-fraction", type=float, default=0.1, help="default 0.1 (0 disables)")
-    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+    parser.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                         help="also save OUTPUT.epoch{N}.safetensors every N epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint next to OUTPUT")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
@@ -65,18 +67,28 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = tuple(args.size) if args.size else None
+    if size:
+        check_pixels_fit(size, batch=args.batch_size, channels=args.channels or 1, option="--size",
+                         what=f"a batch of {args.batch_size}", device=device(args))
     with progress("training") as bar:
         task = bar.add_task("training", total=None)
 
         def log(line: str) -> None:
             bar.console.print(line) if bar.console.is_terminal else print(line, file=sys.stderr)
 
+        def status(state: dict) -> None:
+            held = state["heldout_accuracy"]
+            bar.update(task, description=f"epoch {state['epoch']}/{state['epochs']}",
+                       status=f"loss {state['loss']:.4f}, accuracy {state['accuracy']:.4f}"
+                              + ("" if held is None else f" (held-out {held:.4f} after the last epoch)"))
+
         result = train(args.arch, args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, size=size, channels=args.channels, heldout=args.heldout,
                        heldout_fraction=args.heldout_fraction, out=args.output,
                        checkpoint_every=args.checkpoint_every, resume=args.resume, half=args.half,
                        device=device(args), command=_command(args),
-                       progress=lambda n, total: bar.update(task, advance=n, total=total), log=log)
+                       progress=lambda n, total: bar.update(task, advance=n, total=total), log=log,
+                       status=status)
     if args.json:
         print_json({k: v for k, v in result.metadata.items() if k != "versions"} | {"path": str(result.path)})
         return 0

@@ -136,7 +136,8 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
           heldout_fraction: float = 0.1, out: str | Path | None = None, checkpoint_every: int | None = None,
           resume: bool = False, half: bool = False, device: str | torch.device | None = None,
           command: str | None = None, progress: Callable[[int, int], None] | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None,
+          status: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train architecture `arch` (`small-cnn`, `small-cnn-s2`, `cnn4`, or a model string) on `data` with Adam and
     cross-entropy.
 
@@ -149,7 +150,9 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
         resume: continue from the last checkpoint next to `out` (same result as an uninterrupted run).
         half: store float16 weights (half the file size).
         progress: `progress(items, total)` after each training batch (total = items of all remaining epochs);
-            log: called with a line per epoch.
+            log: called with a line per epoch. status: called after each training batch with `{"epoch", "epochs",
+            "loss", "accuracy", "heldout_accuracy"}`: the running mean loss and training accuracy of the epoch so far,
+            and the held-out accuracy after the previous epoch (None before the first).
 
     Same seed, same data, same thread count -> identical weights on CPU. The global random state is untouched.
     """
@@ -206,6 +209,9 @@ def train(arch: str, data: Any, *, epochs: int = 5, batch_size: int = 64, lr: fl
                 seen += len(labels)
                 if progress:
                     progress(len(labels), len(trainset) * (epochs - start + 1))
+                if status:
+                    status({"epoch": epoch, "epochs": epochs, "loss": total_loss / seen, "accuracy": hits / seen,
+                            "heldout_accuracy": history[-1]["heldout_accuracy"] if history else None})
             module.eval()
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(seen, 1),
                                       "train_accuracy": hits / max(seen, 1), "heldout_accuracy": None}
