@@ -204,9 +204,9 @@ def test_predict_reports_each_bad_file_and_still_classifies_the_good_ones(tmp_pa
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
-    # `--help` rather than `models --json | head` (the same path through `main`) to skip listing torchvision
-    proc = subprocess.Popen([sys.executable, "-m", "convscope.cli", "--help"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    # `layers` rather than `models --json | head` (the same path through `main`): listing torchvision costs seconds
+    proc = subprocess.Popen([sys.executable, "-m", "convscope.cli", "layers", "convscope:small-cnn", "--json", "--rf",
+                             "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader goes away before anything is written, as `| head` does after ten lines
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)

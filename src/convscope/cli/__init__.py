@@ -73,33 +73,39 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad option (already printed in one line)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except ConvscopeError as error:
+        if args.debug:
+            raise
+        print(f"convscope: error: {error}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as error:
+        if args.debug or not (isinstance(error, MemoryError) or _out_of_memory(error)):
+            raise
+        first = (str(error).strip().splitlines() or ["out of memory"])[0]
+        print(f"convscope: error: out of memory ({first}); try a smaller --size or --batch-size, or another "
+              "--device", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convscope: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as stop:  # --help, --version, or a bad option (already printed in one line)
-            return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
-        if not getattr(args, "handler", None):
-            parser.print_help()
-            return 0
-        try:
-            return int(args.handler(args) or 0)
-        except ConvscopeError as error:
-            if args.debug:
-                raise
-            print(f"convscope: error: {error}", file=sys.stderr)
-            return 2
-        except (RuntimeError, MemoryError) as error:
-            if args.debug or not (isinstance(error, MemoryError) or _out_of_memory(error)):
-                raise
-            first = (str(error).strip().splitlines() or ["out of memory"])[0]
-            print(f"convscope: error: out of memory ({first}); try a smaller --size or --batch-size, or another "
-                  "--device", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("convscope: interrupted", file=sys.stderr)
-            return 130
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows up here for output still in the buffer
+        return code
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` and `ls` do
         _quiet_stdout()
         return 141
