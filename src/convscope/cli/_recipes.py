@@ -6,7 +6,7 @@ import argparse
 from fractions import Fraction
 
 from ..errors import OptionError
-from ._common import add_model_args, add_output, device, load_spec, print_json, progress
+from ._common import add_model_args, add_output, device, load_spec, print_json, progress, step_progress
 
 
 def _fraction(text: str) -> float:
@@ -114,8 +114,10 @@ def run_adversarial(args: argparse.Namespace) -> int:
     from ..featvis.adversarial import _eps_text, adversarial
 
     spec = load_spec(args)
-    result = adversarial(spec, args.image, args.target, eps=args.eps, method=args.method, steps=args.steps,
-                         step_size=args.step_size, random_start=not args.no_random_start, seed=args.seed)
+    with progress(args.method) as bar:
+        result = adversarial(spec, args.image, args.target, eps=args.eps, method=args.method, steps=args.steps,
+                             step_size=args.step_size, random_start=not args.no_random_start, seed=args.seed,
+                             progress=step_progress(bar, args.method))
     path = result.save(args.output)
     before, after = result.predictions(top=3)[0], result.predictions(after=True, top=3)[0]
     if args.json:
@@ -136,9 +138,11 @@ def run_invariances(args: argparse.Namespace) -> int:
     from ..featvis.invariances import invariances
 
     spec = load_spec(args)
-    result = invariances(spec, _unit(args), k=args.k, steps=args.steps, iterations=args.iterations,
-                         beta=args.beta, radius=args.radius, points=args.points, seed=args.seed,
-                         resolution=args.resolution or None)
+    with progress("invariances") as bar:
+        result = invariances(spec, _unit(args), k=args.k, steps=args.steps, iterations=args.iterations,
+                             beta=args.beta, radius=args.radius, points=args.points, seed=args.seed,
+                             resolution=args.resolution or None,
+                             progress=step_progress(bar, "render, then Hessian"))
     path = result.save(args.output)
     change = result.change()
     if args.json:

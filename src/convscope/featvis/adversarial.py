@@ -12,7 +12,7 @@ prediction on the clean image); targeted attacks lower the cross-entropy of `tar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,6 +145,7 @@ def adversarial(
     random_start: bool = True,
     label: ClassLike | Sequence[ClassLike] | torch.Tensor | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Adversarial:
     """Find a perturbation of L-inf size <= `eps` that changes the model's decision.
 
@@ -159,6 +160,7 @@ def adversarial(
         random_start: PGD starts from a uniform random point of the eps-ball drawn with `seed`.
         label: the true class for untargeted attacks (default: the model's prediction on the clean image).
         seed: seeds PGD's random start (a local `torch.Generator`).
+        progress: called as `progress(done, total)` after every gradient step (FGSM: one).
     """
     spec = load(model)
     if method not in ("fgsm", "pgd"):
@@ -195,16 +197,20 @@ def adversarial(
             loss, grad = loss_and_grad(original)
             attacked = project(original + sign * eps * grad.sign())
             trace.append(loss)
+            if progress is not None:
+                progress(1, 1)
         else:
             attacked = original
             if random_start and eps > 0:
                 generator = torch.Generator().manual_seed(seed)
                 noise = torch.rand(original.shape, generator=generator, dtype=torch.float64) * 2 - 1
                 attacked = project(original + eps * noise.to(original.device, original.dtype))
-            for _ in range(steps):
+            for step in range(steps):
                 loss, grad = loss_and_grad(attacked)
                 trace.append(loss)
                 attacked = project(attacked + sign * step_size * grad.sign())
+                if progress is not None:
+                    progress(step + 1, steps)
         with torch.no_grad():
             after = spec.module(spec.normalize(attacked))
             trace.append(F.cross_entropy(after, classes))

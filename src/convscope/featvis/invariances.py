@@ -25,6 +25,7 @@ space; `residuals` says how well each pair is converged (the extreme ones conver
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,7 @@ def invariances(
     resolution: int | None = 12,
     seed: int = 0,
     render_options: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Invariances:
     """The `k` steepest and `k` flattest Hessian directions of `unit` at its optimum, and strips of images along them.
 
@@ -194,6 +196,7 @@ def invariances(
         seed: seeds the render and the Lanczos start vector (local generators).
         render_options: more `featvis.render` options for the optimum (default: Fourier parameterization and no
             random transforms, `transforms=None`, so the optimum is one of the plain objective).
+        progress: called as `progress(done, total)` after every render step and Hessian-vector product.
     """
     spec = load(model)
     unit = _unit(unit)
@@ -212,8 +215,10 @@ def invariances(
         with torch.no_grad(), capture(spec.module, unit.layer, stop=True) as cap:  # checks layer and unit first
             cap.run(spec.example_input())
             objective.check({unit.layer: cap[unit.layer].shape})
+        total = (steps if optimum is None else 0) + iterations
         if optimum is None:
-            optimum, render_params, trace = _render_optimum(spec, unit, steps, seed, render_options or {})
+            tick = {} if progress is None else {"progress": lambda done, _total: progress(done, total)}
+            optimum, render_params, trace = _render_optimum(spec, unit, steps, seed, {**tick, **(render_options or {})})
         optimum = optimum.detach().to(spec.device, spec.dtype)
         optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
         if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
@@ -244,8 +249,13 @@ def invariances(
         # A unit linear in its input (no nonlinearity before it) has a gradient that does not depend on x: H = 0.
         linear = [not grad.requires_grad]
 
+        products = [total - iterations]
+
         def hvp(z: torch.Tensor) -> torch.Tensor:
             z = project(z)
+            products[0] += 1
+            if progress is not None:
+                progress(min(products[0], total), total)
             if not linear[0]:
                 v = basis.up(z).view_as(x)
                 (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True, allow_unused=True)
