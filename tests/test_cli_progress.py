@@ -50,3 +50,16 @@ def test_adversarial_and_invariances_have_progress_bars(tmp_path, terminal):
     assert main(["invariances", "convscope:small-cnn", "--layer", "conv2", "--unit", "3", "--k", "1", "--steps",
                  "4", "--iterations", "6", "-o", str(tmp_path / "i.png")]) == 0
     assert "Hessian" in terminal.getvalue() and (10, 10) in _finished(terminal)  # 4 render steps + 6 products
+
+
+def test_visualize_captions_one_unit_as_the_api_save_does(tmp_path, capsys):
+    from convscope import load
+    from convscope.featvis import channel, render
+
+    out = tmp_path / "cli.png"
+    assert main(["visualize", "convscope:small-cnn", "--layer", "conv1", "--unit", "3", "--steps", "3", "-o",
+                 str(out)]) == 0
+    api = render(load("convscope:small-cnn"), channel("conv1", 3), steps=3, seed=0).save(tmp_path / "api.png")
+    cli_pixels, api_pixels = np.asarray(Image.open(out)), np.asarray(Image.open(api))
+    assert cli_pixels.shape == api_pixels.shape and np.array_equal(cli_pixels, api_pixels)
+    assert cli_pixels.shape[0] > cli_pixels.shape[1]  # the caption below the square picture

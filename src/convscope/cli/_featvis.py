@@ -163,7 +163,7 @@ def run_visualize(args: argparse.Namespace) -> int:
                      regularizers=sharpness(args.sharpness) if args.sharpness is not None else (),
                      octaves=args.octaves, outscale=args.outscale, init=args.init, seed=args.seed, batch=args.batch,
                      memory_budget=args.memory_budget, progress=update)
-    path = vis.save(args.output, columns=args.columns) if len(vis) > 1 else vis.save(args.output, labels=False)
+    path = vis.save(args.output, columns=args.columns)  # captioned as the API's save(), one unit or many
     if args.json:
         print_json(_report(vis, path, {"model": spec.name, "layer": args.layer, "objective": str(objective)}))
     else:
