@@ -64,13 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(inv)
     inv.add_argument("--layer", required=True, help="named_modules() path")
     inv.add_argument("--unit", required=True, help="channel index, or CHANNEL@ROW,COL for one position")
-    inv.add_argument("--k", type=int, default=4, help="directions of each kind (default 4)")
+    inv.add_argument("--k", type=int, default=4, help="directions of each kind (default 4; fewer, with a note, when "
+                                                     "the optimum has fewer free directions)")
     inv.add_argument("--steps", type=int, default=256, help="render steps for the optimum (default 256)")
     inv.add_argument("--iterations", type=int, default=None, help="Lanczos iterations (default max(6k, 24))")
     inv.add_argument("--beta", type=float, default=10.0, help="softplus sharpness of the ReLU surrogate (default 10)")
-    inv.add_argument("--radius", type=float, default=0.03, help="RMS pixel change at the strip ends (default 0.03)")
-    inv.add_argument("--resolution", type=int, default=12, help="directions constant on this grid of blocks per "
-                                                                "channel (default 12; 0 = every pixel)")
+    inv.add_argument("--radius", type=float, default=0.1, help="RMS pixel change at the strip ends (default 0.1)")
+    inv.add_argument("--resolution", type=int, default=None, help="directions constant on this grid of blocks per "
+                                                                  "channel (default: 12 from 64 px up, every pixel "
+                                                                  "below; 0 = every pixel)")
     inv.add_argument("--points", type=int, default=5, help="images per strip (default 5)")
     add_output(inv, "invariances.png")
     inv.set_defaults(handler=run_invariances)
@@ -141,7 +143,7 @@ def run_invariances(args: argparse.Namespace) -> int:
     with progress("invariances") as bar:
         result = invariances(spec, _unit(args), k=args.k, steps=args.steps, iterations=args.iterations,
                              beta=args.beta, radius=args.radius, points=args.points, seed=args.seed,
-                             resolution=args.resolution or None,
+                             resolution="auto" if args.resolution is None else args.resolution or None,
                              progress=step_progress(bar, "render, then Hessian"))
     path = result.save(args.output)
     change = result.change()
@@ -150,7 +152,9 @@ def run_invariances(args: argparse.Namespace) -> int:
                     "eigenvalues": result.eigenvalues.tolist(), "residuals": result.residuals.tolist(),
                     "max_activation_change": change.tolist(), "recipe": result.recipe.to_dict()})
     else:
-        k = args.k
+        k = result.roles.count("steepest")
+        if "note" in result.recipe.params:
+            print(f"note: {result.recipe.params['note']}")
         print(f"{_unit(args)}: activation {result.activation:.4g} at the optimum; largest change along the "
               f"steepest directions {change[:k].mean():.4g}, flattest {change[k:].mean():.4g} (mean); wrote {path}")
     return 0

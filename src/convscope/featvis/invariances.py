@@ -166,10 +166,10 @@ def invariances(
     steps: int = 256,
     beta: float = 10.0,
     tangent: bool = True,
-    radius: float = 0.03,
+    radius: float = 0.1,
     points: int = 5,
     margin: float = 0.02,
-    resolution: int | None = 12,
+    resolution: int | None | str = "auto",
     seed: int = 0,
     render_options: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -179,20 +179,28 @@ def invariances(
     Args:
         model: a `ModelSpec`, `nn.Module` or model string.
         unit: `"LAYER:CH"` (the channel's spatial mean) or `"LAYER:CH@ROW,COL"` (one position), or a `Unit`.
-        k: directions of each kind.
+        k: directions of each kind; fewer when the optimum has fewer than 2k free directions (the recipe keeps
+            `k_requested` and a `note`).
         iterations: Lanczos steps (Hessian-vector products); default max(6 k, 24).
         optimum: (1, C, H, W) or (C, H, W) pixels in [0, 1] to take the Hessian at; `None` renders the unit first
             (`featvis.render` with `steps` and `seed`).
         beta: softplus sharpness of the smooth ReLU surrogate (`SmoothReLU`); larger = closer to the real network.
         tangent: restrict the Hessian to directions orthogonal to the gradient (see the module docstring).
         radius: RMS pixel change of the strips' end images; `points` images per strip (odd: the optimum is in it).
+            Default 0.1: on `convscope:fashion-cnn` conv2:5 at 0.03 the strips look identical (about 12 of 784
+            pixels move by more than 0.1 and the unit changes by 2-6%); at 0.1, 35-130 pixels move that much and
+            the unit loses about 20% along the steepest directions against about 9% along the flattest.
         margin: pixels within `margin` of 0 or 1 are held fixed (see the module docstring); 0 frees every pixel.
         resolution: analyse directions that are constant on a grid of (up to) `resolution` x `resolution` blocks
-            per channel, an orthonormal "superpixel" basis (default 12; inputs of at most 12 pixels keep every
-            pixel; `None`: every pixel). In the plain pixel basis of a large input, single pixels sitting on a ReLU
-            kink dominate the steepest directions and the flattest are pixel noise, which the real network does
-            not ignore at visible step sizes; blocks give fewer, readable directions (MobileNetV2 features.10:7 at
-            radius 0.03: activation changes 0.27-0.50 along the steepest, 0.09-0.17 along the flattest).
+            per channel, an orthonormal "superpixel" basis (inputs of at most that many pixels keep every pixel;
+            `None`: every pixel). `"auto"` (default): 12 for inputs of `render.SMALL` (64) pixels and more, every
+            pixel below, where one pixel is a large part of the picture and the blocks of a rendered optimum
+            (half its pixels pushed to 0 or 1) nearly all hold a saturated pixel, leaving a handful of free
+            directions (4 on the Fashion-MNIST CNN at 12). In the plain pixel basis of a large input, single
+            pixels sitting on a ReLU kink dominate the steepest directions and the flattest are pixel noise, which
+            the real network does not ignore at visible step sizes; blocks give fewer, readable directions
+            (MobileNetV2 features.10:7 at radius 0.03: activation changes 0.27-0.50 along the steepest, 0.09-0.17
+            along the flattest).
         seed: seeds the render and the Lanczos start vector (local generators).
         render_options: more `featvis.render` options for the optimum (default: Fourier parameterization and no
             random transforms, `transforms=None`, so the optimum is one of the plain objective).
@@ -205,7 +213,7 @@ def invariances(
     check_option("radius", radius, low=0)
     check_option("points", points, low=1)
     check_option("margin", margin, low=0, high=0.5)
-    if resolution is not None:
+    if resolution not in (None, "auto"):
         check_option("resolution", resolution, low=1)
     iterations = max(6 * k, 24) if iterations is None else iterations
     check_option("iterations", iterations, low=2 * k)
@@ -223,6 +231,10 @@ def invariances(
         optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
         if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
             raise InputShapeError(f"optimum must be (1, {spec.channels}, H, W) pixels, got {tuple(optimum.shape)}")
+        if resolution == "auto":
+            from .render import SMALL
+
+            resolution = 12 if max(optimum.shape[-2:]) >= SMALL else None
         n = optimum.numel()
         x = optimum.clone().requires_grad_(True)
         with function_mode(SmoothReLU(beta)), capture(spec.module, unit.layer, detach=False, stop=True) as cap:
@@ -266,9 +278,11 @@ def invariances(
         start = torch.randn(basis.size, generator=generator, dtype=torch.float64).to(spec.device, spec.dtype)
         ritz = lanczos(hvp, project(start), iterations, generator=generator, project=project)
         del grad, x
-        if ritz.eigenvalues.numel() < 2 * k:
-            raise OptionError(f"only {ritz.eigenvalues.numel()} free directions exist at this optimum; "
-                              f"ask for k <= {ritz.eigenvalues.numel() // 2}")
+        k_requested, found = k, ritz.eigenvalues.numel()
+        if found < 2:
+            raise OptionError(f"only {found} free direction(s) exist at this optimum, too few to compare a steepest "
+                              "and a flattest; lower the margin or the resolution")
+        k = min(k, found // 2)
         ranked = ritz.eigenvalues.abs().argsort(descending=True, stable=True)
         order = torch.cat([ranked[:k], ranked.flip(0)[:k]])  # k steepest, then k flattest (disjoint even with ties)
         vectors = torch.stack([basis.up(z) for z in ritz.eigenvectors[order]]).view(2 * k, *optimum.shape[1:])
@@ -287,7 +301,9 @@ def invariances(
         model=spec.describe(),
         params={"unit": str(unit), "k": k, "iterations": iterations, "beta": beta, "tangent": tangent,
                 "radius": radius, "points": points, "margin": margin, "resolution": resolution,
-                "free_coordinates": int(free.sum()),
+                "free_coordinates": int(free.sum()), "k_requested": k_requested,
+                **({"note": f"only {found} free directions at this optimum: showing k={k} of each kind, not "
+                            f"{k_requested}"} if k < k_requested else {}),
                 "seed": seed, "steps": steps,
                 "surrogate": f"softplus(beta={beta:g}) for every ReLU/ReLU6/hardtanh/leaky ReLU (SmoothReLU)",
                 "hessian": "w.r.t. the free [0, 1] pixels; Lanczos, full reorthogonalization, double-backprop HVPs"
