@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..errors import DatasetError
+from ..errors import DatasetError, OptionError
 from ..models import ModelSpec, load
 from .objectives import Objective, class_logit, layer
 from .regularizers import L1, L2, Blur, Penalty, Projection
@@ -65,6 +66,7 @@ def class_model(
     outscale: float = 1.0,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    display: Literal["auto", "stretch", "none"] = "auto",
 ) -> Visualization:
     """Simonyan et al.'s class model: the image maximizing the class score minus `weight * ||I - mean||^2`
     (or the L1 norm).
@@ -81,8 +83,14 @@ def class_model(
         transforms: "default" = Lucid's standard chain for Fourier, a small jitter for pixels; None for none;
             "standard" or a `Transforms` otherwise.
         blur: Gaussian blur of this width every 4 steps for the pixel parameterization (None for none).
+        display: how `to_image`/`save` show the pixels (recorded in the recipe; `images` keep the raw pixels):
+            "stretch" contrast-stretches each image around its mean (`render.core.normalize`), as Simonyan et al.
+            display their class models; "auto" (default) stretches for the paper's `param="pixel",
+            optimizer="ascent"`, whose small steps and L2 penalty keep the image within a few percent of grey.
     """
     spec = model if isinstance(model, ModelSpec) else load(model)
+    if display not in ("auto", "stretch", "none"):
+        raise OptionError(f"display {display!r} is unknown; choose 'auto', 'stretch' or 'none'")
     targets = [target] if isinstance(target, (int, str)) else list(target)
     if isinstance(init, str) and init == "mean":
         if data is None:
@@ -103,9 +111,12 @@ def class_model(
         regs.append(Blur(blur, 4))
     if isinstance(transforms, str) and transforms == "default":
         transforms = "auto" if param == "fourier" else Transforms([jitter(max(1, min(spec.input_size) // 28))])
-    return render(spec, objective, param=param, size=size, steps=steps, optimizer=optimizer, lr=lr,
-                  transforms=transforms, regularizers=regs, octaves=octaves, outscale=outscale, init=init, seed=seed,
-                  batch=len(targets) if len(targets) > 1 else None, progress=progress)
+    vis = render(spec, objective, param=param, size=size, steps=steps, optimizer=optimizer, lr=lr,
+                 transforms=transforms, regularizers=regs, octaves=octaves, outscale=outscale, init=init, seed=seed,
+                 batch=len(targets) if len(targets) > 1 else None, progress=progress)
+    if display == "auto":  # plain ascent on pixels moves them little from the start: stretch, as the paper shows them
+        display = "stretch" if param == "pixel" and optimizer == "ascent" else "none"
+    return replace(vis, recipe=replace(vis.recipe, params={**vis.recipe.params, "display": display}))
 
 
 def dream(

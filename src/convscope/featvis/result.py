@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..render.core import grid, to_pil
+from ..render.core import grid, stretch_gain, to_pil
 from ..results import Recipe, ResultMixin
 
 __all__ = ["Visualization"]
@@ -39,16 +39,22 @@ class Visualization(ResultMixin):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def display(self) -> str:
+        """How the pixels are shown: "none" (as they are) or "stretch" (contrast stretched around the mean, as
+        recorded in the recipe by `class_model` with the paper's settings)."""
+        return self.recipe.params.get("display", "none")
+
     def image(self, i: int = 0) -> Image.Image:
         """Item `i` as a PIL image (no label)."""
-        return to_pil(self.images[i])
+        return to_pil(self.images[i], norm=self.display)
 
     def to_image(self, *, columns: int | None = None, cell: int | None = None, labels: bool = True) -> Image.Image:
         """A grid of all items, each labelled with its unit and final objective value ("dead" for dead units).
 
         `cell` upscales each tile to that many pixels (nearest); small images (< 96 px) default to 96.
         """
-        tiles = [to_pil(img) for img in self.images]
+        tiles = [to_pil(img, norm=self.display) for img in self.images]
         if cell is None and max(self.images.shape[-2:]) < 96:
             cell = 96
         if len(tiles) == 1 and not labels:
@@ -57,4 +63,7 @@ class Visualization(ResultMixin):
         if labels:
             names = [f"{lab} dead" if i in self.dead else f"{lab} {float(v):.3g}"
                      for i, (lab, v) in enumerate(zip(self.labels, self.values))]
+            if self.display == "stretch":
+                names = [f"{name}, contrast x{stretch_gain(img):.2g} around the mean"
+                         for name, img in zip(names, self.images)]
         return grid(tiles, columns=columns, labels=names, cell=cell)

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["normalize", "colorize", "to_pil", "grid", "label"]
+__all__ = ["normalize", "stretch_gain", "colorize", "to_pil", "grid", "label"]
 
-Norm = Literal["minmax", "absmax", "percentile", "none"]
+Norm = Literal["minmax", "absmax", "percentile", "stretch", "none"]
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -27,6 +27,8 @@ def normalize(x: torch.Tensor | np.ndarray, mode: Norm = "minmax", *, percentile
     - "minmax": (x - min) / (max - min) over the whole array.
     - "absmax": x / max|x| mapped from [-1, 1] to [0, 1] (0 stays at 0.5): for signed maps.
     - "percentile": clip at the `percentile` of |x|, then like "absmax" for signed data or minmax otherwise.
+    - "stretch": contrast stretch around the mean, 0.5 + (x - mean) * `stretch_gain(x)`, clipped to [0, 1] (the
+      display of Simonyan et al.'s class models, whose evidence is a small deviation from the start image).
     - "none": clip to [0, 1] only.
     `scale` overrides the computed divisor (a shared normalization across a panel).
     """
@@ -35,6 +37,8 @@ def normalize(x: torch.Tensor | np.ndarray, mode: Norm = "minmax", *, percentile
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     if mode == "none":
         return np.clip(a, 0.0, 1.0)
+    if mode == "stretch":
+        return np.clip(0.5 + (a - a.mean()) * stretch_gain(a, percentile), 0.0, 1.0)
     if mode == "minmax":
         lo, hi = float(a.min()), float(a.max())
         if scale is not None:
@@ -50,6 +54,14 @@ def normalize(x: torch.Tensor | np.ndarray, mode: Norm = "minmax", *, percentile
     if top <= 0:
         return np.full_like(a, 0.5)
     return np.clip(a / top, -1, 1) * 0.5 + 0.5
+
+
+def stretch_gain(x: torch.Tensor | np.ndarray, percentile: float = 99.5) -> float:
+    """The contrast gain of the "stretch" normalization: `percentile` of |x - mean| maps to 0 or 1 (one gain for
+    all channels, so colours keep their balance); 1 for a constant image."""
+    a = _np(x)
+    top = float(np.percentile(np.abs(a - a.mean()), percentile))
+    return 0.5 / top if top > 0 else 1.0
 
 
 # A few perceptual colormaps as control points, interpolated linearly (no matplotlib dependency).
@@ -103,16 +115,37 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _wrap(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """Greedy word wrap of `text` into lines no wider than `width` pixels (a single long word stays whole)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
 def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top", "bottom"] = "bottom",
           fill: str = "black") -> Image.Image:
-    """Add a line of text (colour `fill`) in a white band above or below the image."""
+    """Add text (colour `fill`) in a white band above or below the image, wrapped onto more lines when it is
+    wider than the image."""
     font = _font(size)
-    band = size + 6
+    lines = _wrap(text, font, image.width - 6)
+    step = size + 3
+    band = size + 6 + step * (len(lines) - 1)
     out = Image.new("RGB", (image.width, image.height + band), "white")
     out.paste(image.convert("RGB"), (0, band if where == "top" else 0))
     draw = ImageDraw.Draw(out)
     y = 2 if where == "top" else image.height + 2
-    draw.text((3, y), text, fill=fill, font=font)
+    for k, line in enumerate(lines):
+        draw.text((3, y + k * step), line, fill=fill, font=font)
     return out
 
 
