@@ -32,13 +32,26 @@ class DemoContext:
         return self.cache[name]
 
     def photo(self, name: str = "chelsea"):
-        """A sample photo from scikit-image (H, W, 3) uint8 -> path of a PNG copy in the output folder."""
+        """A sample photo -> path of a PNG copy in the output folder: one shipped with convscope (`_photos/`, see
+        its README for sources and licences), else one of scikit-image's `skimage.data` when it is installed."""
         path = self.out / "inputs" / f"{name}.png"
         if not path.exists():
-            from PIL import Image
-            from skimage import data
+            import shutil
+            from importlib.resources import files
 
             path.parent.mkdir(parents=True, exist_ok=True)
+            shipped = files("convscope") / "_photos" / f"{name}.png"
+            if shipped.is_file():
+                with shipped.open("rb") as source, open(path, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                return path
+            try:
+                from skimage import data
+            except ImportError:
+                raise Skip(f"photo {name!r} is not shipped with convscope and scikit-image is not installed "
+                           "(pip install scikit-image)") from None
+            from PIL import Image
+
             Image.fromarray(getattr(data, name)()).save(path)
         return path
 
