@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_method_args(attribute)
     attribute.add_argument("-o", "--output", default=None, type=picture_output,
                            help="PNG picture to write (default: none)")
-    attribute.add_argument("--save", default=None, metavar="MAPS.npz", type=npz_output, help="write maps, inputs and recipe (.npz)")
+    attribute.add_argument("--save", default=None, metavar="MAPS.npz", type=npz_output,
+                           help="write maps, inputs and recipe (.npz)")
     attribute.add_argument("--normalization", default="method", choices=("method", "each", "all"),
                            help="panel colour scale: one per method across images (default), per map, or shared")
     attribute.add_argument("--columns", type=int, default=None, help="wrap panel rows after N tiles (default: 5 when "
