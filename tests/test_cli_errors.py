@@ -40,8 +40,8 @@ def files(tmp_path_factory) -> dict[str, str]:
 
 # A valid value for every required argument (by dest), so that only the bad option under test is wrong.
 FILL = {"model": "convscope:small-cnn", "image": "{image}", "images": "{image}", "arch": "small-cnn",
-        "checkpoints": "convscope:small-cnn", "layer": "conv1", "data": "{data}", "target": "0", "unit": "0",
-        "output": "{folder}/out.safetensors"}
+        "checkpoints": "convscope:small-cnn", "layer": "conv1", "layers": "conv1", "data": "{data}", "target": "0",
+        "unit": "0", "output": "{folder}/out.safetensors"}
 
 
 def _required(parser: argparse.ArgumentParser, files: dict[str, str], fill: dict[str, str] = FILL) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_spec, print_json
+from ._common import add_model_args, load_spec, output_folder, print_json
 
 
 def _scan_args(p: argparse.ArgumentParser, layers_default: str | None) -> None:
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     top.add_argument("--projections", default="deconvnet,guided",
                      help="projection rows of each montage: deconvnet,guided (default), or 'none'")
     top.add_argument("--no-montages", action="store_true", help="write index.json and topk.json only")
-    top.add_argument("-o", "--output", default="topk", help="output folder (default ./topk)")
+    top.add_argument("-o", "--output", default="topk", type=output_folder, help="output folder (default ./topk)")
     top.set_defaults(handler=run_topk)
 
     st = sub.add_parser(
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Stream a dataset through the model once: per unit mean, std, max, fraction of inputs where it "
                     "fires (spatial max > 0), a histogram of its per-input response, and dead units (never > 0).")
     _scan_args(st, "all")
-    st.add_argument("-o", "--output", default="stats", help="output folder for stats.csv / stats.json / stats.png")
+    st.add_argument("-o", "--output", default="stats", type=output_folder,
+                    help="output folder for stats.csv / stats.json / stats.png")
     st.set_defaults(handler=run_stats)
 
 
