@@ -60,4 +60,4 @@ def test_long_captions_wrap_within_the_picture():
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     assert all(draw.textlength(line, font=font) <= 90 for line in lines)
     tile = Image.new("RGB", (96, 96))
-    assert label(tile, text, size=10).height > label(tile, "short", size=10).height
+    assert label(tile, text, size=10, wrap=True).height > label(tile, "short", size=10, wrap=True).height

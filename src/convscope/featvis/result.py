@@ -66,4 +66,4 @@ class Visualization(ResultMixin):
             if self.display == "stretch":
                 names = [f"{name}, contrast x{stretch_gain(img):.2g} around the mean"
                          for name, img in zip(names, self.images)]
-        return grid(tiles, columns=columns, labels=names, cell=cell)
+        return grid(tiles, columns=columns, labels=names, cell=cell, wrap_labels=True)

@@ -133,11 +133,11 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
 
 
 def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top", "bottom"] = "bottom",
-          fill: str = "black") -> Image.Image:
-    """Add text (colour `fill`) in a white band above or below the image, wrapped onto more lines when it is
-    wider than the image."""
+          fill: str = "black", wrap: bool = False) -> Image.Image:
+    """Add text (colour `fill`) in a white band above or below the image; with `wrap`, text wider than the image
+    goes onto more lines instead of being cut off."""
     font = _font(size)
-    lines = _wrap(text, font, image.width - 6)
+    lines = _wrap(text, font, image.width - 6) if wrap else [text]
     step = size + 3
     band = size + 6 + step * (len(lines) - 1)
     out = Image.new("RGB", (image.width, image.height + band), "white")
@@ -150,9 +150,10 @@ def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top"
 
 
 def grid(images: Sequence[Image.Image], *, columns: int | None = None, labels: Sequence[str] | None = None,
-         pad: int = 2, cell: int | None = None, title: str | None = None, background: str = "white") -> Image.Image:
+         pad: int = 2, cell: int | None = None, title: str | None = None, background: str = "white",
+         wrap_labels: bool = False) -> Image.Image:
     """Tile PIL images into a grid, row-major, optionally upscaled to `cell` pixels (nearest, to keep pixels crisp)
-    and labelled under each tile; `title` adds a line on top."""
+    and labelled under each tile (wrapped to the tile's width with `wrap_labels`); `title` adds a line on top."""
     if not images:
         raise ValueError("grid needs at least one image")
     columns = columns or int(np.ceil(np.sqrt(len(images))))
@@ -162,7 +163,7 @@ def grid(images: Sequence[Image.Image], *, columns: int | None = None, labels: S
             scale = cell / max(img.width, img.height)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
         if labels is not None:
-            img = label(img, labels[i], size=10)
+            img = label(img, labels[i], size=10, wrap=wrap_labels)
         tiles.append(img.convert("RGB"))
     w = max(t.width for t in tiles)
     h = max(t.height for t in tiles)
