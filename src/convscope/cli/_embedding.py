@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_args, add_output, load_spec, print_json, progress
+from ._common import add_model_args, add_output, load_spec, picture_output, positive_int, print_json, progress
 
 _DATA_HELP = ("fashion-mnist, mnist (test split), photos (built by scripts/build_photos.py), an image folder (one "
               "sub-folder per class), a .npz or an IDX file")
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsne.set_defaults(layout="grid")
     tsne.add_argument("--perplexity", type=float, default=None, help="default min(30, (N - 1) / 3)")
     tsne.add_argument("--thumb", type=int, default=48, help="thumbnail side in pixels (default 48)")
-    tsne.add_argument("--size", type=int, default=1600,
+    tsne.add_argument("--size", type=positive_int, default=1600,
                       help="picture width in pixels (default 1600; the grid's cells are size / columns, 16 to 64)")
     tsne.add_argument("--split", choices=["train", "test"], default="test", help="split of a named dataset")
     add_output(tsne, "tsne.png", "print every item's coordinates, grid cell and the recipe as JSON")
@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--train-data", default=None,
                        help="train on this dataset (train split of a named one) and hold out --data (its test split)")
     probe.add_argument("--test-size", type=float, default=0.25, help="held-out fraction of --data (default 0.25)")
-    probe.add_argument("-o", "--output", default=None, help="bar chart PNG to write (recipe .json and numbers .npz "
-                                                            "beside it)")
+    probe.add_argument("-o", "--output", default=None, type=picture_output,
+                       help="bar chart PNG to write (recipe .json and numbers .npz beside it)")
     probe.add_argument("--json", action="store_true", help="print the table and recipe as JSON")
     probe.set_defaults(handler=run_probe)
 
