@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import DatasetError, TargetError
 from ..hooks import frozen
-from ..results import Recipe
+from ..results import Recipe, ResultRepr
 from .loading import load
 from .spec import ModelSpec
 
@@ -28,7 +28,7 @@ ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Prediction(ResultRepr):
     """Top classes per image.
 
     Attributes:
@@ -109,7 +109,7 @@ def predict(spec: ModelSpec | Any, images: ImageLike | Sequence[ImageLike], *, t
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(ResultRepr):
     """Accuracy of a model on a labelled dataset.
 
     Attributes:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvscopeError, DatasetError
-from ..results import Recipe, versions
+from ..results import Recipe, ResultRepr, versions
 from .files import read_safetensors, save_safetensors
 from .loading import load, parse_options, seeded
 from .registry import get_entry
@@ -29,7 +29,7 @@ __all__ = ["TrainResult", "train", "arch_string", "checkpoint_path"]
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(ResultRepr):
     """A trained model and how it got there.
 
     Attributes:
