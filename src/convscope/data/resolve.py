@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import DatasetError, suggest
 from .datasets import ArrayDataset, Dataset, ImageFolder, TorchvisionDataset
 from .idx import read_idx
+from .images import IMAGE_SUFFIXES
 
 __all__ = ["resolve", "idx_dataset", "npz_dataset", "data_root", "FASHION_MNIST_CLASSES", "DATASET_NAMES"]
 
@@ -61,12 +62,31 @@ def _labels_next_to(images: Path) -> Path:
                        f"{name.replace('images-idx3', 'labels-idx1')!r})")
 
 
+def _is_image(path: Path) -> bool:
+    """An image file by its suffix or, failing that, by what Pillow makes of its header (IDX files start with two
+    zero bytes, which no image format does)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head[:2] in (b"\x00\x00", b"\x1f\x8b"):  # IDX, gzipped or not
+        return False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def idx_dataset(images: str | Path, labels: str | Path | None = None, *, classes: list[str] | None = None,
                 name: str | None = None) -> ArrayDataset:
     """An IDX image file (N, H, W) with its labels file (found next to it when not given)."""
     images = Path(images)
+    pixels = read_idx(images)  # first: a file that is not IDX at all says so, rather than lacking a labels file
     labels = Path(labels) if labels is not None else _labels_next_to(images)
-    pixels, targets = read_idx(images), read_idx(labels)
+    targets = read_idx(labels)
     if pixels.ndim not in (3, 4) or pixels.dtype != np.uint8:
         raise DatasetError(f"IDX images {str(images)!r} must be uint8 (N, H, W), got {pixels.dtype} {pixels.shape}")
     if targets.ndim != 1 or len(targets) != len(pixels):
@@ -164,6 +184,11 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
     if path.is_file():
         if path.suffix == ".npz":
             return npz_dataset(path)
+        if _is_image(path):
+            raise DatasetError(f"{str(path)!r} is a single image, not a dataset. A dataset is a folder of images (one "
+                               "sub-folder per class: ROOT/CLASS/IMAGE), a .npz file (images, labels), an IDX file "
+                               f"with its labels file beside it, or a name ({', '.join(DATASET_NAMES)}); give one "
+                               "image to commands that take image arguments instead")
         return idx_dataset(path)
     names = (*DATASET_NAMES, "photos")
     raise DatasetError(f"dataset {str(data)!r} is neither a known name ({', '.join(names)}) nor an existing "
