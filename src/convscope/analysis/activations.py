@@ -40,9 +40,7 @@ def as_model_input(spec: ModelSpec, image: ImageLike) -> tuple[torch.Tensor, str
                 raise InputShapeError(
                     f"a (C, H, W) tensor is read as pixels in [0, 1], but its values span [{low:.3g}, {high:.3g}]; "
                     "pass a normalized model input as (1, C, H, W) instead")
-            from ..data.images import resize_crop
-
-            pixels = resize_crop(image[None].float(), spec.input_size, spec.resize)
+            pixels = spec.fit(image[None].float())
             return spec.normalize(pixels).to(spec.device, spec.dtype), f"pixels {tuple(image.shape)}"
         if image.ndim == 4:
             if image.shape[0] != 1:

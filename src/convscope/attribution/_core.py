@@ -126,7 +126,7 @@ def resolve_target(spec: ModelSpec, target: Target, inputs: torch.Tensor, *, pre
         return ResolvedTarget("predicted class", _predicted_score(spec), predicted=True)
     if target is None:
         with torch.inference_mode():
-            output = spec.module(inputs)
+            output = spec.run(inputs)
         if output.ndim != 2:
             raise TargetError(f"model {spec.name!r} output {tuple(output.shape)} has no classes; give a target")
         classes = output.argmax(1)
@@ -165,7 +165,7 @@ def resolve_target(spec: ModelSpec, target: Target, inputs: torch.Tensor, *, pre
 def forward_scores(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
     """Run the model on `inputs` (graph kept) and return the (B,) target scores. Unit targets stop at their layer."""
     if target.layer is None:
-        return target.score(spec.module(inputs), None)
+        return target.score(spec.run(inputs), None)
     with capture(spec.module, target.layer, detach=False, stop=True) as cap:
         cap.run(inputs)
         return target.score(None, cap)  # type: ignore[arg-type]
@@ -178,7 +178,7 @@ def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget
     `leaves=True` makes the `layers` outputs new autograd leaves: the graph starts there (inputs need no grad)."""
     layers = tuple(layers)
     if target.layer is None and not layers:
-        output = spec.module(inputs)
+        output = spec.run(inputs)
         scores = target.score(output, None)
         classes = output.detach().argmax(1) if target.predicted else target.classes
         return scores, classes, {}
@@ -186,7 +186,8 @@ def forward_target(spec: ModelSpec, inputs: torch.Tensor, target: ResolvedTarget
     # A unit target needs nothing past its layer (and the Grad-CAM layer): the pass may stop there.
     with capture(spec.module, list(dict.fromkeys(wanted)), detach=False, stop=target.unit is not None,
                  leaves=layers if leaves else ()) as cap:
-        output = cap.run(inputs)
+        with spec.size_errors(inputs):
+            output = cap.run(inputs)
         scores = target.score(output, cap)
         found = {name: cap[name] for name in layers}
     classes = output.detach().argmax(1) if target.predicted else target.classes

@@ -157,7 +157,10 @@ def add_output(parser: argparse.ArgumentParser, default: str,
 def load_spec(args: argparse.Namespace):
     from ..models import load
 
-    return load(args.model, arch=getattr(args, "arch", None), seed=getattr(args, "seed", 0), device=device(args))
+    spec = load(args.model, arch=getattr(args, "arch", None), seed=getattr(args, "seed", 0), device=device(args))
+    if spec.source.get("assumed"):  # preprocessing or input size not read from metadata: say what was taken
+        print(f"note: {spec.source['assumed']}", file=sys.stderr)
+    return spec
 
 
 def print_json(payload: Any) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import BadImageError, DatasetError
-from .images import IMAGE_SUFFIXES, load_image, pil_to_tensor, resize_crop
+from .images import IMAGE_SUFFIXES, load_image, pil_to_tensor
 
 __all__ = ["Dataset", "ArrayDataset", "ImageFolder", "TorchvisionDataset", "Subset", "Batch", "batches",
            "match_channels"]
@@ -313,8 +313,7 @@ def batches(dataset: Dataset, spec: Any, batch_size: int = 64, *, limit: int | N
         if not kept:
             continue
         pixels = torch.stack([
-            resize_crop(match_channels(p, spec.channels, dataset.item_name(i)).unsqueeze(0), spec.input_size,
-                        spec.resize)[0]
+            spec.fit(match_channels(p, spec.channels, dataset.item_name(i)).unsqueeze(0))[0]
             for i, p in kept
         ]) if _needs_resizing(kept, spec) else match_channels(torch.stack([p for _, p in kept]), spec.channels,
                                                               dataset.name)

@@ -182,19 +182,24 @@ def load_image(path: str | Path, *, channels: int = 3, max_pixels: int | None = 
         raise BadImageError(f"image {str(path)!r} is corrupt or truncated ({error})") from None
 
 
-def resize_crop(pixels: torch.Tensor, size: tuple[int, int], resize: int | None = None) -> torch.Tensor:
+def resize_crop(pixels: torch.Tensor, size: tuple[int, int], resize: int | None = None,
+                interpolation: str = "bilinear") -> torch.Tensor:
     """(B, C, H, W) -> (B, C, *size): resize the shorter side to `resize` then centre-crop (torchvision style), or,
-    with `resize=None`, resize straight to `size`. Antialiased bilinear, as torchvision's transforms."""
+    with `resize=None`, resize straight to `size`. Antialiased `interpolation` ("bilinear" or "bicubic"), as
+    torchvision's and timm's transforms."""
     height, width = pixels.shape[-2:]
     if (height, width) == tuple(size):
         return pixels
+    mode = {"bilinear": "bilinear", "bicubic": "bicubic"}.get(str(interpolation).lower())
+    if mode is None:
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
     if resize is None:
-        return F.interpolate(pixels, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return F.interpolate(pixels, size=tuple(size), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
     scale = resize / min(height, width)
     new = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
     if resize == min(height, width):
         new = (height, width)
-    resized = F.interpolate(pixels, size=new, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    resized = F.interpolate(pixels, size=new, mode=mode, align_corners=False, antialias=True).clamp(0, 1)
     top = int(round((new[0] - size[0]) / 2.0))
     left = int(round((new[1] - size[1]) / 2.0))
     return resized[..., top : top + size[0], left : left + size[1]]

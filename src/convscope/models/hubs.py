@@ -3,11 +3,17 @@
 torchvision's own weight loading unpickles with `weights_only=False`; convscope first reads the same file with
 `weights_only=True` (downloading it into the torch hub cache if needed), so a tampered file fails before torchvision
 touches it.
+
+`pretrained=False` builds the architecture (random init, seeded) with the named weights' metadata only: torchvision's
+`Weights` enum, timm's `pretrained_cfg`. That is how a weight file loaded with `--arch NAME@WEIGHTS` gets its
+preprocessing and class names without downloading anything. Without a weights name the preprocessing of the
+default weights is assumed, and `source["assumed"]` says so.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from ..errors import ModelLoadError, suggest
@@ -55,6 +61,9 @@ def _torchvision_weights(enum: Any, requested: str, name: str) -> Any:
 def _preprocessing(weights: Any) -> dict[str, Any]:
     transforms = weights.transforms()
     out: dict[str, Any] = {}
+    mode = getattr(getattr(transforms, "interpolation", None), "value", None)
+    if mode in ("bilinear", "bicubic"):
+        out["interpolation"] = mode
     crop = getattr(transforms, "crop_size", None)
     resize = getattr(transforms, "resize_size", None)
     if crop:
@@ -67,8 +76,16 @@ def _preprocessing(weights: Any) -> dict[str, Any]:
     return out
 
 
-def torchvision_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
-    """`NAME[@WEIGHTS][,option=value...]` -> ModelSpec (see `convscope.models.load`)."""
+def _shown(prep: dict[str, Any]) -> str:
+    crop = prep.get("input_size")
+    parts = [f"resize {prep['resize']}" if prep.get("resize") else "", f"crop {crop[0]}x{crop[1]}" if crop else "",
+             "its mean and std" if prep.get("mean") else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def torchvision_spec(rest: str, *, seed: int, text: str, pretrained: bool = True) -> ModelSpec:
+    """`NAME[@WEIGHTS][,option=value...]` -> ModelSpec (see `convscope.models.load`). `pretrained=False`: random
+    init (seeded) with WEIGHTS' preprocessing and class names, for a weight file that holds those weights."""
     import torchvision
     from torchvision.models import get_model, get_model_weights
 
@@ -80,11 +97,13 @@ def torchvision_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
         raise ModelLoadError(f"unknown torchvision model {name!r}{other} `convscope models` lists them all.")
     enum = get_model_weights(name)
     weights = _torchvision_weights(enum, requested, name) if requested else None
-    if weights is not None:
+    if weights is not None and pretrained:
         _verify_weights_file(weights, text)
+    if weights is not None and not pretrained and "categories" in weights.meta:
+        options.setdefault("num_classes", len(weights.meta["categories"]))  # as get_model does for weights
     try:
         with seeded(seed):
-            module = get_model(name, weights=weights, **options)
+            module = get_model(name, weights=weights if pretrained else None, **options)
     except TypeError as error:
         raise ModelLoadError(f"{text!r}: bad option ({error})") from None
     except (OSError, RuntimeError, ValueError) as error:
@@ -94,12 +113,17 @@ def torchvision_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
     class_names = list(weights.meta["categories"]) if weights is not None and "categories" in weights.meta else None
     if class_names and _outputs(module) not in (None, len(class_names)):
         class_names = None
-    source: dict[str, Any] = {"model": text, "weights": weights.name if weights else None,
+    source: dict[str, Any] = {"model": text, "weights": weights.name if weights and pretrained else None,
                               "preprocessing": f"{type(described).__name__}.{described.name}.transforms()"}
-    if weights is None:
+    if weights is None or not pretrained:
         source["seed"] = seed
     else:
         source["weights_url"] = weights.url
+    if weights is None and not pretrained:
+        valid = [w.name for w in enum]
+        source["assumed"] = (f"no weights named in {text!r}: assumed the preprocessing of {described.name} "
+                             f"({_shown(prep)}) and no class names; name the weights the file holds to take theirs, "
+                             f"e.g. torchvision:{name}@{valid[0]}")
     return ModelSpec(module=module, name=text, channels=3, class_names=class_names, source=source, **prep)
 
 
@@ -129,9 +153,34 @@ def _verify_weights_file(weights: Any, text: str) -> None:
         ) from None
 
 
-def timm_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
+def timm_preprocessing(module: Any) -> tuple[dict[str, Any], str | None]:
+    """A timm model's eval preprocessing from its `pretrained_cfg` (`timm.data.resolve_data_config`) as ModelSpec
+    fields, and a note when timm's transform cannot be matched exactly (crop modes other than a centre crop)."""
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config(model=module)
+    channels, height, width = config["input_size"]
+    crop = float(config.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT
+    mode = config.get("crop_mode") or "center"
+    out: dict[str, Any] = {"channels": int(channels), "input_size": (int(height), int(width)),
+                           "mean": tuple(float(v) for v in config["mean"]) if config.get("mean") else None,
+                           "std": tuple(float(v) for v in config["std"]) if config.get("std") else None}
+    if config.get("interpolation") in ("bilinear", "bicubic"):
+        out["interpolation"] = config["interpolation"]
+    note = None
+    if mode == "center" and height == width:  # timm: shorter side to floor(size / crop_pct), then the centre crop
+        out["resize"] = int(math.floor(height / crop))
+    else:
+        out["resize"] = int(math.floor(min(height, width) / crop))
+        note = (f"timm's {mode!r} crop ({config.get('crop_pct')}) of a {height}x{width} input is approximated by a "
+                "resize of the shorter side and a centre crop")
+    return out, note
+
+
+def timm_spec(rest: str, *, seed: int, text: str, pretrained: bool = True) -> ModelSpec:
     """`NAME[@TAG][,option=value...]`: random init, or timm's pretrained weights for TAG (`@default`: timm's
-    default tag). Preprocessing comes from the model's `pretrained_cfg`."""
+    default tag). Preprocessing comes from the model's `pretrained_cfg` (the tag's, or the default tag's).
+    `pretrained=False`: random init (seeded) with TAG's metadata, for a weight file that holds those weights."""
     try:
         import timm
     except ImportError:
@@ -140,17 +189,16 @@ def timm_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
     if not timm.is_model(name.split(".")[0]):
         raise ModelLoadError(f"unknown timm model {name!r}.{suggest(name, timm.list_models())}")
     full = name if tag in (None, "default") else f"{name}.{tag}"
+    download = tag is not None and pretrained
     try:
         with seeded(seed):
-            module = timm.create_model(full, pretrained=tag is not None, **options)
+            module = timm.create_model(full, pretrained=download, **options)
     except TypeError as error:
         raise ModelLoadError(f"{text!r}: bad option ({error})") from None
     except Exception as error:  # download failures, unknown tags
         raise ModelLoadError(f"{text!r} cannot be created: {error}") from None
-    cfg = dict(getattr(module, "pretrained_cfg", None) or {})
-    channels, height, width = cfg.get("input_size", (3, 224, 224))
-    crop = float(cfg.get("crop_pct") or 1.0)
-    mean, std = cfg.get("mean"), cfg.get("std")
+    prep, note = timm_preprocessing(module)
+    cfg = getattr(module, "pretrained_cfg", None) or {}
     class_names = None
     if tag is not None:
         try:
@@ -161,8 +209,16 @@ def timm_spec(rest: str, *, seed: int, text: str) -> ModelSpec:
                 class_names = list(ImageNetInfo(subset).label_descriptions(as_dict=False))
         except (ImportError, ValueError, AttributeError):
             class_names = None
-    return ModelSpec(module=module, name=text, channels=int(channels), input_size=(int(height), int(width)),
-                     mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
-                     resize=int(round(min(height, width) / crop)) if crop < 1 else None, class_names=class_names,
-                     source={"model": text, "weights": tag, "seed": seed if tag is None else None,
-                             "preprocessing": "timm pretrained_cfg"})
+    if class_names and _outputs(module) not in (None, len(class_names)):
+        class_names = None
+    source: dict[str, Any] = {"model": text, "weights": tag if download else None,
+                              "seed": None if download else seed,
+                              "preprocessing": f"timm pretrained_cfg of {name}.{cfg.get('tag') or 'default'}"}
+    notes = [note] if note else []
+    if tag is None and not pretrained:
+        notes.append(f"no weights tag in {text!r}: assumed the preprocessing of timm's default tag "
+                     f"{cfg.get('tag')!r} ({_shown(prep)}) and no class names; name the tag the file holds, e.g. "
+                     f"timm:{name}@{cfg.get('tag') or 'TAG'}")
+    if notes:
+        source["assumed"] = "; ".join(notes)
+    return ModelSpec(module=module, name=text, class_names=class_names, source=source, **prep)

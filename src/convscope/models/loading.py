@@ -6,6 +6,8 @@
     convscope:NAME                   built-ins: small-cnn, small-cnn-s2, cnn4 (untrained, seeded), fashion-cnn
     FILE.pt / .pth / .torchscript    TorchScript archive
     FILE.safetensors / .pth / .pt    weights; the architecture comes from the file's convscope metadata or `arch`
+                                     (`arch="torchvision:NAME@WEIGHTS"` also takes those weights' preprocessing and
+                                     class names, from the metadata alone: nothing is downloaded)
     path/to/file.py:fn               a Python factory returning an nn.Module or a ModelSpec
 
 Builder options follow the name after commas: `convscope:cnn4,channels=1,num_classes=5,size=28`,
@@ -29,7 +31,7 @@ from ..errors import ModelLoadError, suggest
 from .files import (file_digest, is_torchscript, load_torchscript, load_weights_into, read_safetensors,
                     read_state_dict)
 from .registry import get_entry, weights_path
-from .spec import ModelSpec, first_conv_channels, spec_for_module
+from .spec import ModelSpec, spec_for_module
 
 __all__ = ["load", "parse_options", "seeded"]
 
@@ -79,8 +81,8 @@ def load(model: str | Path | nn.Module | ModelSpec, *, arch: str | None = None, 
     """Load a model from a model string, file, `nn.Module` or `ModelSpec` -> `ModelSpec`.
 
     Args:
-        model: a model string (see the module docstring), a path, an `nn.Module` (wrapped as is: no normalization,
-            channels from its first conv, 224x224) or a `ModelSpec` (returned as is).
+        model: a model string (see the module docstring), a path, an `nn.Module` (wrapped by `spec_for_module`:
+            no normalization, channels and input size found from the module) or a `ModelSpec` (returned as is).
         arch: the architecture model string for a weight file without convscope metadata (e.g.
             `"torchvision:resnet18"`); it overrides the metadata's architecture when both exist.
         seed: seed for random initialization (architectures without weights); the global random state is untouched.
@@ -104,7 +106,9 @@ def load(model: str | Path | nn.Module | ModelSpec, *, arch: str | None = None, 
     return spec
 
 
-def _load_string(text: str, *, arch: str | None, seed: int) -> ModelSpec:
+def _load_string(text: str, *, arch: str | None, seed: int, pretrained: bool = True) -> ModelSpec:
+    """`pretrained=False`: hub models (torchvision, timm) come with their named weights' metadata but random
+    weights: the architecture of a weight file."""
     text = text.strip()
     scheme, colon, rest = text.partition(":")
     if arch and colon and scheme in ("torchvision", "timm", "convscope"):
@@ -112,11 +116,11 @@ def _load_string(text: str, *, arch: str | None, seed: int) -> ModelSpec:
     if colon and scheme == "torchvision":
         from .hubs import torchvision_spec
 
-        return torchvision_spec(rest, seed=seed, text=text)
+        return torchvision_spec(rest, seed=seed, text=text, pretrained=pretrained)
     if colon and scheme == "timm":
         from .hubs import timm_spec
 
-        return timm_spec(rest, seed=seed, text=text)
+        return timm_spec(rest, seed=seed, text=text, pretrained=pretrained)
     if colon and scheme == "convscope":
         return _builtin(rest, seed=seed, text=text)
     match = _FACTORY.match(text)
@@ -208,9 +212,10 @@ def _factory(file: Path, fn: str, opts: str, *, seed: int, text: str) -> ModelSp
 
 def _spec_from_metadata(module: nn.Module, metadata: dict[str, Any], base: ModelSpec | None, name: str,
                         source: dict[str, Any]) -> ModelSpec:
-    """Preprocessing from the file's metadata, else from the architecture's spec, else plain-module defaults."""
-    fallback = base or spec_for_module(module)
-    channels = int(metadata.get("channels") or fallback.channels or first_conv_channels(module) or 3)
+    """Preprocessing from the file's metadata, else from the architecture's spec, else found from the module."""
+    fallback = base or spec_for_module(module, channels=metadata.get("channels"),
+                                       input_size=_size(metadata.get("input_size")), name=name)
+    channels = int(metadata.get("channels") or fallback.channels)
     size = metadata.get("input_size") or fallback.input_size
     size = (size, size) if isinstance(size, int) else tuple(size)
 
@@ -222,6 +227,7 @@ def _spec_from_metadata(module: nn.Module, metadata: dict[str, Any], base: Model
         return ModelSpec(module=module, name=name, channels=channels, input_size=size,  # type: ignore[arg-type]
                          mean=stat("mean"), std=stat("std"),
                          resize=metadata.get("resize", fallback.resize if base else None),
+                         interpolation=metadata.get("interpolation", fallback.interpolation),
                          class_names=metadata.get("class_names") or fallback.class_names, source=source)
     except ValueError as error:
         raise ModelLoadError(f"{name!r}: inconsistent preprocessing metadata ({error})") from None
@@ -242,27 +248,35 @@ def _from_file(path: Path, *, arch: str | None, seed: int) -> ModelSpec:
         if arch:
             raise ModelLoadError(f"{str(path)!r} is a TorchScript file, which holds its own architecture; drop --arch")
         module, metadata = load_torchscript(path)
-        spec = _spec_from_metadata(module, metadata, None, str(path), {**source, "format": "torchscript"})
-        if "channels" not in metadata:
-            spec.channels = _first_weight_channels(module) or spec.channels
-            spec.mean = spec.std = None
-        return spec
+        found = spec_for_module(module, channels=metadata.get("channels"),
+                                input_size=_size(metadata.get("input_size")), name=str(path))
+        notes = [found.source["assumed"]] if "assumed" in found.source else []
+        if "mean" not in metadata:
+            notes.append(f"{str(path)!r} carries no preprocessing (no convscope.json): inputs are [0, 1] pixels, "
+                         "not normalized")
+        extra = {"input": found.source["input"], **({"assumed": "; ".join(notes)} if notes else {})}
+        return _spec_from_metadata(module, metadata, found, str(path), {**source, "format": "torchscript", **extra})
     else:
         state = read_state_dict(path)
     architecture = arch or metadata.get("arch")
     if not architecture:
         raise ModelLoadError(f"{str(path)!r} holds only weights; say which architecture they belong to with "
                              "--arch MODELSTRING (e.g. --arch torchvision:resnet18)")
-    base = load(architecture, seed=seed)
+    base = _load_string(architecture, arch=None, seed=seed, pretrained=False)  # the file brings the weights
+    base.module.eval()
     load_weights_into(base.module, state, source=str(path), arch=architecture)
     recorded = {k: metadata[k] for k in _RECORDED if k in metadata}
+    described = {k: base.source[k] for k in ("preprocessing", "input") if k in base.source}
+    if "assumed" in base.source and not {"mean", "input_size"} <= set(metadata):
+        described["assumed"] = f"{path.name}: {base.source['assumed']}"
     return _spec_from_metadata(base.module, metadata, base, str(path),
-                               {**source, "arch": architecture, **recorded})
+                               {**source, "arch": architecture, **described, **recorded})
 
 
-def _first_weight_channels(module: nn.Module) -> int | None:
-    """Input channels from the first 4-D weight (TorchScript modules hide their classes)."""
-    for name, parameter in module.named_parameters():
-        if parameter.ndim == 4 and name.endswith("weight"):
-            return int(parameter.shape[1])
-    return None
+def _size(value: Any) -> tuple[int, int] | None:
+    """An `input_size` from metadata (an int, [H, W] or [C, H, W]) -> (H, W), or None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value, value
+    return int(value[-2]), int(value[-1])

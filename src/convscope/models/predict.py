@@ -57,20 +57,19 @@ class Prediction(ResultRepr):
 def _pixels(spec: ModelSpec, image: ImageLike) -> torch.Tensor:
     """One image -> (n, C, H, W) [0, 1] pixels at the model's input size."""
     from ..data.datasets import match_channels
-    from ..data.images import resize_crop
 
     if isinstance(image, torch.Tensor):
         if image.ndim in (3, 4):  # gray <-> RGB is converted, as for image files
             image = match_channels(image.float(), spec.channels, "input")
         pixels = spec.batch(image, "pixels").to("cpu", torch.float32)  # kept with the file images until batched
-        return resize_crop(pixels, spec.input_size, spec.resize)
+        return spec.fit(pixels)
     return spec.to_pixels(image)
 
 
 def logits(spec: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
     """Normalized inputs (B, C, H, W) -> outputs (B, K) in inference mode, model left as found."""
     with frozen(spec.module), torch.inference_mode():
-        out = spec.module(inputs.to(spec.device, spec.dtype))
+        out = spec.run(inputs.to(spec.device, spec.dtype))
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.ndim != 2:

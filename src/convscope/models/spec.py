@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import InputShapeError, NonFiniteError, TargetError, suggest
+from ..errors import ConvscopeError, InputShapeError, NonFiniteError, TargetError, suggest
+from ._probe import first_conv_channels, infer_input
 
-__all__ = ["ModelSpec"]
+__all__ = ["ModelSpec", "spec_for_module", "first_conv_channels"]
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ModelSpec:
         mean, std: per-channel normalization applied to [0, 1] pixels; `None` means no normalization.
         resize: shorter side to resize to before the centre crop to `input_size` (torchvision style); `None`
             resizes straight to `input_size`.
+        interpolation: how images are resized ("bilinear" or "bicubic", antialiased), as the weights' metadata says.
         class_names: output index -> name, or `None` when unknown.
         source: how it was made (model string, weights, seed, file hashes), recorded in every result's recipe.
     """
@@ -41,6 +44,7 @@ class ModelSpec:
     std: tuple[float, ...] | None = None
     resize: int | None = None
     class_names: list[str] | None = None
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,7 +103,7 @@ class ModelSpec:
     def to_pixels(self, image: Image.Image | np.ndarray | str | Path) -> torch.Tensor:
         """An image (PIL, path, or array H x W [x C] in [0, 255] uint8 or [0, 1] float) -> (1, C, H, W) pixels in
         [0, 1], resized and centre-cropped to `input_size`, converted to this model's channel count."""
-        from ..data.images import load_image, resize_crop
+        from ..data.images import load_image
 
         if isinstance(image, (str, Path)):
             image = load_image(image, channels=self.channels)
@@ -115,11 +119,47 @@ class ModelSpec:
 
             image = pil_to_tensor(image, channels=self.channels, name="image")
         pixels = image if image.ndim == 4 else image.unsqueeze(0)
-        return resize_crop(pixels, self.input_size, self.resize)
+        return self.fit(pixels)
+
+    def fit(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) pixels in [0, 1] -> (B, C, *input_size): resized and centre-cropped as the model's weights
+        were evaluated (shorter side to `resize`, then the crop; or straight to `input_size`)."""
+        from ..data.images import resize_crop
+
+        return resize_crop(pixels, self.input_size, self.resize, self.interpolation)
 
     def preprocess(self, image: Image.Image | np.ndarray | str | Path) -> torch.Tensor:
         """An image -> normalized model input (1, C, H, W) on the model's device."""
         return self.normalize(self.to_pixels(image)).to(self.device, self.dtype)
+
+    def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`module(inputs)` for inputs (B, C, H, W), with an input size the model cannot take reported as
+        `InputShapeError` naming the size it expects (see `size_errors`)."""
+        with self.size_errors(inputs):
+            return self.module(inputs)
+
+    @contextmanager
+    def size_errors(self, inputs: torch.Tensor, what: str = "inputs") -> Iterator[None]:
+        """Inside the block, a shape error from the model ("mat1 and mat2 shapes cannot be multiplied", a kernel
+        larger than its input, ...) on `inputs` (B, C, H, W) whose (H, W) differs from `input_size` becomes one
+        `InputShapeError` saying which size the model takes. Other errors pass unchanged."""
+        try:
+            yield
+        except (RuntimeError, ValueError) as error:
+            size = tuple(inputs.shape[-2:])
+            cause = None if isinstance(error, ConvscopeError) else _shape_error_line(error)
+            if cause is None:
+                raise
+            if self.source.get("input_found") is False:
+                raise InputShapeError(f"{what} of {size[0]}x{size[1]} pixels do not fit model {self.name!r} ({cause}), "
+                                      f"and its input size is unknown: {self.source.get('input')}") from error
+            if size == tuple(self.input_size):
+                raise
+            h, w = self.input_size
+            raise InputShapeError(
+                f"{what} of {size[0]}x{size[1]} pixels do not fit model {self.name!r}, which takes "
+                f"{self.channels}x{h}x{w} inputs ({cause}); resize them to {h}x{w}, as spec.preprocess(image) does"
+            ) from error
 
     def class_index(self, target: int | str) -> int:
         """A class index or name (`"tabby"`, case-insensitive) -> index; unknown names raise with suggestions."""
@@ -153,21 +193,44 @@ class ModelSpec:
             "mean": list(self.mean) if self.mean else None,
             "std": list(self.std) if self.std else None,
             "classes": len(self.class_names) if self.class_names else None,
+            **({"resize": self.resize} if self.resize else {}),
+            **({"interpolation": self.interpolation} if self.interpolation != "bilinear" else {}),
             **self.source,
         }
 
 
-def first_conv_channels(module: nn.Module) -> int | None:
-    """Input channels of the first conv layer (from the structure, not the class name), or None."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            return m.in_channels
+# What PyTorch says when a tensor's spatial size does not fit a layer (the first line that holds one is quoted).
+_SHAPE_MESSAGES = ("mat1 and mat2 shapes cannot be multiplied", "size mismatch", "is invalid for input of size",
+                   "Kernel size can't be greater than actual input size", "Output size is too small",
+                   "must match the size of tensor", "Sizes of tensors must match", "Expected size",
+                   "Padding size should be less than", "input image is smaller than kernel",
+                   "Input size must be at least")
+
+
+def _shape_error_line(error: BaseException) -> str | None:
+    """The line of a PyTorch (or TorchScript) error message that reports a shape mismatch, else None."""
+    for line in str(error).splitlines():
+        if any(message in line for message in _SHAPE_MESSAGES):
+            return line.strip().removeprefix("RuntimeError: ")
     return None
 
 
-def spec_for_module(module: nn.Module, *, input_size: Sequence[int] | None = None, channels: int | None = None) -> ModelSpec:
-    """A `ModelSpec` for a plain `nn.Module`: no normalization, channels from its first conv, 224x224 unless given."""
-    channels = channels or first_conv_channels(module) or 3
-    size = tuple(input_size) if input_size else (224, 224)
-    return ModelSpec(module=module, name=type(module).__name__, channels=channels, input_size=size,  # type: ignore[arg-type]
-                     source={"model": type(module).__name__})
+def spec_for_module(module: nn.Module, *, input_size: Sequence[int] | None = None, channels: int | None = None,
+                    name: str | None = None) -> ModelSpec:
+    """A `ModelSpec` for a plain `nn.Module` (or TorchScript module): no normalization, no class names.
+
+    `channels` default to the first convolution's input channels and `input_size` (H, W) to the smallest square size
+    the module runs at, or 224x224 for a network that runs at any size; both are found by probing zero batches
+    (`convscope.models._probe`), and `source["input"]` says how. When no probe runs (a non-square network, say),
+    224x224 stands in, `source["input_found"]` is False, and running the model on inputs that do not fit raises
+    `InputShapeError` asking for the size.
+    """
+    label = name or type(module).__name__
+    guess = infer_input(module, channels=channels, input_size=input_size)
+    source: dict[str, Any] = {"model": label, "input": guess.note}
+    if not guess.found:
+        source["input_found"] = False
+        source["assumed"] = f"{label}: {guess.note}"
+    elif guess.assumed:
+        source["assumed"] = f"{label}: {guess.note}; give channels= and input_size= to spec_for_module to choose"
+    return ModelSpec(module=module, name=label, channels=guess.channels, input_size=guess.size, source=source)
