@@ -64,6 +64,10 @@ class OptionError(ConvscopeError, ValueError):
     """An option outside its valid range (a negative eps, zero steps, an unknown method name, ...)."""
 
 
+class TorchScriptError(ConvscopeError, TypeError):
+    """A layer-level operation (hooks, module swaps) asked of a TorchScript model, which allows none."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The up-to-`n` candidates most similar to `name` (difflib ratio), best first."""
     candidates = list(candidates)

@@ -11,6 +11,11 @@ change survives a call, whether it succeeds, gets a bad target, or the model rai
 - `function_mode(mode)`: run code under a `TorchFunctionMode` (how guided/deconv ReLU rules reach functional ReLUs).
 - `record_calls(model)`: log every module call of a forward pass with its output shape (layer listings).
 
+TorchScript models allow no hooks and no module swaps (`register_forward_hook is not supported on ScriptModules`,
+for scripted, traced and loaded ones alike; a traced module's submodule hooks would never fire): every context here
+refuses them with one `TorchScriptError` that lists what does work on TorchScript, except a `capture` of no layer
+(a run that reads only the model's output).
+
 This module imports nothing of convscope but `errors`, so everything may build on it.
 """
 
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import AmbiguousLayerError, LayerNotFoundError, suggest
+from .errors import AmbiguousLayerError, LayerNotFoundError, TorchScriptError, suggest
 
 __all__ = [
     "Capture",
@@ -41,6 +46,20 @@ __all__ = [
     "record_calls",
     "saved_tensor_bytes",
 ]
+
+
+# What runs on a TorchScript model: everything that needs only its input gradient or its output (README).
+TORCHSCRIPT_WORKS = ("predict", "evaluate", "saliency", "smoothgrad", "integrated gradients", "occlusion",
+                     "adversarial", "class-model")
+
+
+def refuse_torchscript(model: nn.Module, what: str) -> None:
+    """Raise `TorchScriptError` if `model` is TorchScript (scripted, traced or loaded): `what` needs hooks."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TorchScriptError(
+            f"{what} needs the model's layers (hooks, submodules), which a TorchScript model does not give. On "
+            f"TorchScript, convscope runs {', '.join(TORCHSCRIPT_WORKS)}; for layers, load the Python model (a state "
+            "dict with --arch, or a file.py:factory)")
 
 
 def split_call(name: str) -> tuple[str, int | None]:
@@ -59,6 +78,8 @@ INPUT_SUFFIX = ":input"
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """`model.get_submodule(name)` with an error naming the closest existing paths ("" is the model itself)."""
+    if name:
+        refuse_torchscript(model, f"layer {name!r}")
     try:
         return model.get_submodule(name) if name else model
     except AttributeError:
@@ -218,7 +239,11 @@ def capture(
     """
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
+    if isinstance(model, torch.jit.ScriptModule) and not layers:  # nothing to record: the output needs no hook
+        yield Capture(requested=(), model=model, stop=False)
+        return
     names = tuple(n if isinstance(n, str) else _module_name(model, n) for n in layers)
+    refuse_torchscript(model, f"reading layer {', '.join(repr(n) for n in names)}")
     bases = {}
     for name in names:
         base, _ = split_call(name)
@@ -317,6 +342,8 @@ def _run_stopping(record: Capture, x: torch.Tensor) -> torch.Tensor | None:
 def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
     """Temporarily replace submodules by path (`{"features.1": nn.Identity()}`); the originals return on exit."""
     originals = []
+    if replacements:
+        refuse_torchscript(model, f"replacing {', '.join(map(repr, replacements))}")
     try:
         for path, new in replacements.items():
             parent_path, _, attr = path.rpartition(".")
@@ -345,6 +372,7 @@ def record_calls(model: nn.Module) -> Iterator[list[tuple[str, torch.Size | None
 
     The k-th entry of a path is its call `path#k`, as `capture` addresses it.
     """
+    refuse_torchscript(model, "following a forward pass layer by layer")
     log: list[tuple[str, torch.Size | None]] = []
     handles = []
 

@@ -334,7 +334,7 @@ def render(
         native = spec.example_input(1).fill_(0.5)  # fusion is size-independent: probe where the whole net runs
         # `fuse`: folded BatchNorms, faster convolutions, pruned branches, fast pools (each checked on a probe)
         fused, skipped, pooled = 0, [], []
-        if fuse:
+        if fuse and not isinstance(module, torch.jit.ScriptModule):  # TorchScript allows no module swaps
             fused = stack.enter_context(folded(module, native, objective.layers))
             stack.enter_context(hooks.swap_modules(module, engine(module)))
             for name in layers:
