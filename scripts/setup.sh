@@ -48,7 +48,7 @@ if ! .venv/bin/python -c "import sklearn, openTSNE; assert (sklearn.__version__,
     echo "setup: installing scikit-learn 1.9.1 and openTSNE 1.0.4"
     pipq scikit-learn==1.9.1 openTSNE==1.0.4
 fi
-if ! .venv/bin/python -c "import convscope, captum, skimage, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import convscope, captum, skimage, pytest, timm" 2>/dev/null; then
     echo "setup: installing convscope with its test extras"
     pipq -e ".[test]"
 fi
