@@ -84,10 +84,10 @@ def _upright(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation tag says (phone photos are stored sideways); unreadable EXIF data
     leaves the pixels as stored."""
     try:
-        turned = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # (not in place, an upright photo would be copied)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError):
-        return image
-    return turned if turned is not None else image
+        pass
+    return image
 
 
 def _to_float_array(image: Image.Image, name: str) -> np.ndarray:
