@@ -2,14 +2,14 @@
 size by trying zero batches (1, C, S, S) until one runs.
 
 Probes run frozen (`hooks.frozen`: eval mode, so batch norm keeps its statistics and dropout draws nothing; no
-gradients). A network that runs at any size costs two forward passes (224 and 160 pixels); a fixed-size one a few
-more, mostly small. (The meta device would cost no arithmetic, but its first use imports some 900 modules: seconds.)
-Results are cached per module.
+gradients), smallest size first, so most cost little: a network that runs at any size usually runs at a few pixels
+already, and a fixed-size one fails early at small sizes. (The meta device would cost no arithmetic, but its first
+use imports some 900 modules: seconds.) Results are cached per architecture.
 """
 
 from __future__ import annotations
 
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,10 +21,9 @@ from ..hooks import frozen
 __all__ = ["InputGuess", "infer_input", "first_conv_channels", "is_torchscript_module"]
 
 DEFAULT_SIZE = 224  # what a network that runs at any size is given
-_SECOND = 160  # a network that also runs here (and at 224) is taken to run at any size
 # The sizes tried, smallest first (the sizes between two of them are tried once the larger runs): the common sizes
 # of fixed-size networks are among them, so each is found in a few probes.
-_LADDER = (*range(1, 9), 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 112, 128, 160, 192, 227, 256, 299)
+_LADDER = (*range(1, 9), 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 112, 128, 160, 192, 224, 227, 256, 299)
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,6 @@ def _smallest(runs: Callable[[int], bool], sizes: Sequence[int]) -> int | None:
     """The smallest size in `sizes` that runs, refined down to the sizes between it and the rung below."""
     below = 0
     for size in sizes:
-        if size == DEFAULT_SIZE:
-            continue  # already known not to run
         if runs(size):
             return next((s for s in range(below + 1, size) if runs(s)), size)
         below = size
@@ -90,25 +87,36 @@ def _guess(channels: int, runs_at: Callable[[int, tuple[int, int]], bool], how: 
     def runs(size: int) -> bool:
         return runs_at(channels, (size, size))
 
-    if runs(DEFAULT_SIZE):
-        if runs(_SECOND):
-            return InputGuess(channels, (DEFAULT_SIZE, DEFAULT_SIZE), f"{how}; {DEFAULT_SIZE}x{DEFAULT_SIZE} assumed: "
-                              f"it runs at any size (tried {_SECOND} and {DEFAULT_SIZE})", assumed=True)
-        return InputGuess(channels, (DEFAULT_SIZE, DEFAULT_SIZE), f"{how}; {DEFAULT_SIZE}x{DEFAULT_SIZE}: it runs "
-                          f"there and not at {_SECOND}")
     size = _smallest(runs, _LADDER)
     if size is None:
         return None
+    # A fixed-size network runs only up to its total stride above its size (a flattened map then changes shape);
+    # one that also runs at twice the size, plus one, takes any size.
+    other = 2 * size + 1
+    if runs(other):
+        chosen = max(size, DEFAULT_SIZE)
+        return InputGuess(channels, (chosen, chosen), f"{how}; {chosen}x{chosen} assumed: it runs at any size from "
+                          f"{size} px (tried {size} and {other})", assumed=True)
     return InputGuess(channels, (size, size), f"{how}; {size}x{size}: the smallest size it runs at")
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, InputGuess]]" = weakref.WeakKeyDictionary()
+# Guesses by architecture: the class (its forward), every submodule's type and settings, every weight's shape. A
+# second instance of the same network (a notebook re-running a cell, a test building it again) is not probed again.
+_CACHE: "OrderedDict[tuple, InputGuess]" = OrderedDict()
+_CACHE_SIZE = 256
+
+
+def _settings(module: nn.Module) -> str:
+    try:
+        return module.extra_repr()  # kernel, stride, padding, features...: what decides the sizes a layer takes
+    except Exception:  # TorchScript modules and odd custom modules may not have one
+        return ""
 
 
 def _layout(module: nn.Module) -> tuple:
-    """Changes when the module's structure or weight shapes change (a cached guess is then stale)."""
-    return tuple((name, type(m).__name__) for name, m in module.named_modules()) + tuple(
-        (name, tuple(p.shape)) for name, p in module.named_parameters())
+    code = getattr(module, "code", "") if is_torchscript_module(module) else ""  # TorchScript: its forward's source
+    return (type(module), code, *((name, type(m).__name__, _settings(m)) for name, m in module.named_modules()),
+            *((name, tuple(p.shape), p.dtype) for name, p in module.named_parameters()))
 
 
 def infer_input(module: nn.Module, *, channels: int | None = None,
@@ -125,8 +133,9 @@ def infer_input(module: nn.Module, *, channels: int | None = None,
     if input_size is not None and (channels or conv):
         return InputGuess(int(channels or conv), (int(input_size[0]), int(input_size[-1])), f"{how}; input size given")
     key = (channels, tuple(input_size) if input_size is not None else None, _layout(module))
-    cached = _CACHE.get(module, {}).get(key)
+    cached = _CACHE.get(key)
     if cached is not None:
+        _CACHE.move_to_end(key)
         return cached
     candidates = [channels] if channels else [conv] if conv else [3, 1]
     dtype = next((p.dtype for p in module.parameters()), torch.float32)
@@ -155,5 +164,7 @@ def infer_input(module: nn.Module, *, channels: int | None = None,
         guess = InputGuess(candidates[0], size, f"input not found: {type(module).__name__} runs on no {tried} zero "
                            f"batch {sizes}; give it: convscope.models.spec_for_module(model, channels=C, "
                            "input_size=(H, W))", assumed=True, found=False)
-    _CACHE.setdefault(module, {})[key] = guess
+    _CACHE[key] = guess
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return guess

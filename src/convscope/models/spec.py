@@ -31,9 +31,10 @@ class ModelSpec:
         mean, std: per-channel normalization applied to [0, 1] pixels; `None` means no normalization.
         resize: shorter side to resize to before the centre crop to `input_size` (torchvision style); `None`
             resizes straight to `input_size`.
-        interpolation: how images are resized ("bilinear" or "bicubic", antialiased), as the weights' metadata says.
         class_names: output index -> name, or `None` when unknown.
         source: how it was made (model string, weights, seed, file hashes), recorded in every result's recipe.
+            `source["assumed"]`, when present, says in one line what was assumed rather than read from metadata.
+        interpolation: how images are resized ("bilinear" or "bicubic", antialiased), as the weights' metadata says.
     """
 
     module: nn.Module
@@ -44,8 +45,8 @@ class ModelSpec:
     std: tuple[float, ...] | None = None
     resize: int | None = None
     class_names: list[str] | None = None
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     source: dict[str, Any] = field(default_factory=dict)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
     def __post_init__(self) -> None:
         for label, values in (("mean", self.mean), ("std", self.std)):
