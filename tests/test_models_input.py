@@ -9,7 +9,7 @@ from torch import nn
 
 import convscope as cs
 from convscope import attribution as A
-from convscope import featvis
+from convscope import analysis, featvis
 from convscope.errors import InputShapeError
 from convscope.hooks import hook_count
 from convscope.models import predict, spec_for_module
@@ -74,6 +74,9 @@ def test_a_wrong_input_size_names_the_size_the_model_takes():
             run()
         message = str(info.value)
         assert "32x32" in message and "1x28x28" in message and "\n" not in message
+    with pytest.raises(InputShapeError, match="2x2 pixels .* 1x28x28"):  # smaller than the first conv's kernel
+        analysis.activations(spec, torch.rand(1, 1, 2, 2), "0")
+    assert analysis.activations(spec, torch.rand(1, 1, 32, 32), "2").tensor.shape == (4, 30, 30)  # stops before
     assert hook_count(model) == 0
     assert A.saliency(spec, torch.rand(1, 1, 28, 28), target=1).attributions.shape == (1, 1, 28, 28)
     assert predict(spec, torch.rand(1, 1, 40, 40)).probs.shape == (1, 5)  # pixels are resized to 28x28 first

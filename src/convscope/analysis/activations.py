@@ -148,7 +148,8 @@ def activations(model: ModelSpec | nn.Module | str, image: ImageLike, layer: str
     name, _ = resolve_layer(spec.module, layer)
     x, description = as_model_input(spec, image)
     with frozen(spec.module), torch.inference_mode(), capture(spec.module, name, stop=True) as cap:
-        cap.run(x)
+        with spec.size_errors(x, "the input"):
+            cap.run(x)
         output = cap[name]
     output = output[0].clone()  # a normal tensor, usable outside inference mode
     recipe = Recipe(kind="activations", model=spec.describe(),
