@@ -103,6 +103,7 @@ def test_one_image_as_a_dataset_says_what_a_dataset_is(tmp_path):
         message = str(info.value)
         assert "single image, not a dataset" in message and "labels file found" not in message
         assert "folder" in message and ".npz" in message and "IDX" in message and "fashion-mnist" in message
+        assert "photos" in message
 
 
 def test_a_file_that_is_neither_image_nor_idx_says_it_is_not_idx(tmp_path):

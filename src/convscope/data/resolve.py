@@ -187,8 +187,8 @@ def resolve(data: Any, *, split: Split = "test", channels: int | None = None, ro
         if _is_image(path):
             raise DatasetError(f"{str(path)!r} is a single image, not a dataset. A dataset is a folder of images (one "
                                "sub-folder per class: ROOT/CLASS/IMAGE), a .npz file (images, labels), an IDX file "
-                               f"with its labels file beside it, or a name ({', '.join(DATASET_NAMES)}); give one "
-                               "image to commands that take image arguments instead")
+                               f"with its labels file beside it, or a name ({', '.join((*DATASET_NAMES, 'photos'))}); "
+                               "give one image to commands that take image arguments instead")
         return idx_dataset(path)
     names = (*DATASET_NAMES, "photos")
     raise DatasetError(f"dataset {str(data)!r} is neither a known name ({', '.join(names)}) nor an existing "
