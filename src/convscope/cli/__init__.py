@@ -18,7 +18,7 @@ from ..errors import ConvscopeError
 
 # One module per family of commands; each adds its own subcommands. Order = order in `convscope --help`.
 _FAMILIES = ("_models", "_layers", "_pictures", "_train", "_attribute", "_featvis", "_recipes", "_analysis",
-             "_embedding", "_demo")
+             "_embedding", "_atlas", "_demo")
 
 
 class _Parser(argparse.ArgumentParser):

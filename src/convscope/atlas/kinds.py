@@ -1,0 +1,70 @@
+"""The kinds of results an atlas holds: for each, its level, its payload and its image roles.
+
+This is the contract between the build stages that write results and the viewer that shows them. The viewer shows
+a section for every kind it finds and knows; a kind it does not know is shown as its payload and pictures. Kinds
+marked `planned` are written by the dataset-analysis stages (top-k, statistics, t-SNE, probes) once they exist:
+their payloads are fixed here so those stages and the viewer's sections fit without a schema change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Kind", "KINDS", "kind"]
+
+Level = Literal["model", "layer", "unit"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of result.
+
+    Attributes:
+        name: the `kind` column.
+        level: "unit" rows are keyed (kind, layer, unit); "layer" rows (kind, layer, -1); "model" rows (kind, '', -1)
+            or, for per-class and per-image rows, (kind, '', class or dataset index).
+        title: the section heading in the viewer.
+        payload: the JSON payload's fields, for the stage author and the viewer's template.
+        images: the image roles ("patch:{i}" means patch:0, patch:1, ...).
+        planned: True for kinds of stages not built yet.
+    """
+
+    name: str
+    level: Level
+    title: str
+    payload: str
+    images: tuple[str, ...] = ()
+    planned: bool = False
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in [
+    Kind("featvis", "unit", "Feature visualization",
+         "value, start_value (objective after/before), render_dead (the objective stayed 0), chunk, item",
+         ("image", "thumb")),
+    Kind("filter", "unit", "Filter", "shape [C, kh, kw], norm, smoothness (null for 1x1)", ("image",)),
+    Kind("evolution", "unit", "Evolution across checkpoints", "labels [checkpoint names], values [objective]",
+         ("strip",)),
+    Kind("class_model", "model", "Class model", "class index, name, value (the class logit reached)", ("image",)),
+    Kind("dataset_image", "model", "Dataset image", "index, label, class name, source", ("image",)),
+    # written by the dataset-analysis stages (issue 11), shown by the viewer when present
+    Kind("topk", "unit", "Top images",
+         "k, by ('max'|'mean'), examples [{index, source, label, value, row, col}] best first",
+         ("image:{i}", "patch:{i}", "projection:{i}"), planned=True),
+    Kind("purity", "unit", "Class purity",
+         "majority (class name), fraction (of the top-k), histogram {class name: count}", planned=True),
+    Kind("stats", "unit", "Activation statistics",
+         "mean, std, max, sparsity (fraction of inputs where active), dead (bool), histogram {edges [..], counts [..]}",
+         planned=True),
+    Kind("trust", "unit", "Trust figure",
+         "render_value, best_dataset_value, ratio (render / best dataset; > 1: the picture excites the unit more "
+         "than any dataset image)", planned=True),
+    Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity", planned=True),
+    Kind("probe", "layer", "Linear probe", "accuracy (held-out), train_size, test_size", planned=True),
+    Kind("tsne", "model", "t-SNE grid",
+         "layer, rows, cols, cells [[dataset index or null]...] row-major, labels per index", ("grid",), planned=True),
+]}
+
+
+def kind(name: str) -> Kind | None:
+    return KINDS.get(name)
