@@ -2,7 +2,8 @@
 # Creates .venv with everything convscope, its tests and its demo need, on a fresh machine of ours.
 # Idempotent: a second run only checks. Installs: Debian's dataset-fashion-mnist, torch 2.14.1 + torchvision 0.29.1,
 # convscope itself (editable, with test extras), the offline ImageNet MobileNetV2 weights into the torch hub cache,
-# Debian's mate-backgrounds + lomiri-wallpapers-16.04 and the `photos` dataset cropped from them and other sample photos.
+# Debian's mate-backgrounds + lomiri-wallpapers-16.04 and the `photos` dataset cropped from them and other sample photos,
+# and Debian's chromium for the viewer's browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,17 @@ if [ ! -d /usr/share/backgrounds/mate/nature ] || [ ! -f /usr/share/backgrounds/
     fi
 fi
 
+# The viewer's browser tests drive Debian's chromium through Playwright (never `playwright install`).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian's chromium (for the viewer's browser tests)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup: chromium is missing; run 'sudo apt-get install chromium' (the browser tests need it)" >&2
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
@@ -48,8 +60,8 @@ if ! .venv/bin/python -c "import sklearn, openTSNE; assert (sklearn.__version__,
     echo "setup: installing scikit-learn 1.9.1 and openTSNE 1.0.4"
     pipq scikit-learn==1.9.1 openTSNE==1.0.4
 fi
-if ! .venv/bin/python -c "import convscope, captum, skimage, pytest, timm" 2>/dev/null; then
-    echo "setup: installing convscope with its test extras"
+if ! .venv/bin/python -c "import convscope, captum, skimage, pytest, timm, fastapi, uvicorn, jinja2, python_multipart, httpx, playwright" 2>/dev/null; then
+    echo "setup: installing convscope with its test extras (with the viewer's FastAPI, uvicorn, Jinja2 and Playwright)"
     pipq -e ".[test]"
 fi
 # Ray for `--engine ray` (the convscope[ray] extra; the tests start a local Ray). An existing .venv from before it.

@@ -4,6 +4,7 @@ the bytes it had when stored, and every leftover of an interrupted build reporte
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -50,6 +51,13 @@ def check(folder: str | Path) -> CheckReport:
     """Verify the atlas in `folder` (read-only); see `CheckReport`."""
     errors: list[str] = []
     warnings: list[str] = []
+    try:
+        return _check(Path(folder), errors, warnings)
+    except sqlite3.DatabaseError as error:
+        return CheckReport(Path(folder), (*errors, f"database: {error}"), tuple(warnings), {})
+
+
+def _check(folder: Path, errors: list[str], warnings: list[str]) -> CheckReport:
     with Atlas(folder, readonly=True) as atlas:
         root = atlas.folder.resolve()
         verdict = [r[0] for r in atlas.conn.execute("PRAGMA integrity_check")]

@@ -62,7 +62,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity", planned=True),
     Kind("probe", "layer", "Linear probe", "accuracy (held-out), train_size, test_size", planned=True),
     Kind("tsne", "model", "t-SNE grid",
-         "layer, rows, cols, cells [[dataset index or null]...] row-major, labels per index", ("grid",), planned=True),
+         "layer, rows, cols, cells: rows*cols dataset indices (or null), row-major", ("grid",), planned=True),
 ]}
 
 

@@ -1,0 +1,140 @@
+"""The viewer's pages and JSON API over the tiny atlas, the analysis sections that appear once stored, and the
+static export with relative links only."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from convscope.atlas import Atlas, Output
+from convscope.web import create_site, export
+
+
+@pytest.fixture(scope="module")
+def client(tiny_atlas):
+    with TestClient(create_site([tiny_atlas], device="cpu")) as client:
+        yield client
+
+
+def test_pages_and_their_json_say_the_same(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "conv2" in page.text and "<svg" in page.text
+    model = client.get("/api/model").json()
+    assert [row["name"] for row in model["layers"] if row["selected"]] == ["conv1", "conv2"]
+    assert len(model["class_models"]) == 10 and len(model["dataset"]) == 12
+    layer = client.get("/layer/conv2")
+    cells = client.get("/api/layer/conv2").json()["cells"]
+    assert [c["unit"] for c in cells] == [0, 1, 2, 3, 4]
+    for cell in cells:  # every picture the page shows is the one the API names, and it is served
+        assert f'src="../{cell["image"]}"' in layer.text
+        assert client.get("/" + cell["image"]).status_code == 200
+    unit = client.get("/layer/conv1/unit/3")
+    data = client.get("/api/layer/conv1/unit/3").json()
+    assert [s["kind"] for s in data["sections"]] == ["featvis", "filter", "evolution"]
+    assert data["neighbours"] == {"previous": 2, "next": 4}
+    for result in data["results"].values():
+        for path in result["images"].values():
+            assert f'src="../../../{path}"' in unit.text
+    assert '"objective": "conv1:[3, 4]"' in unit.text  # the recipe is on the page
+
+
+def test_unknown_pages_are_404_not_500(client):
+    for url in ["/layer/conv9", "/layer/conv1/unit/99", "/layer/conv1/unit/x", "/tsne", "/image/5",
+                "/api/layer/conv9", "/api/layer/conv1/unit/-1", "/api/tsne", "/files/featvis/conv1/99.png"]:
+        assert client.get(url).status_code == 404, url
+    assert "not in this atlas" in client.get("/layer/conv9").text
+
+
+def test_files_carry_cache_headers(client):
+    response = client.get("/files/featvis/conv1/0.png")
+    assert response.headers["cache-control"].startswith("public, max-age=") and response.headers.get("etag")
+    assert response.headers["content-type"] == "image/png"
+    assert client.get("/static/viewer.css").headers["cache-control"].startswith("public")
+
+
+def _put_analysis(folder: Path) -> list[int]:
+    """What the dataset-analysis stages will store, with the payloads `convscope.atlas.kinds` fixes; returns the
+    dataset indices of the atlas's sample that the t-SNE grid and the top-k list use."""
+    from PIL import Image
+
+    recipe = {"kind": "fake", "model": {}, "params": {}, "versions": {}}
+    tile = Image.new("L", (28, 28), 128)
+    with Atlas(folder) as atlas:
+        sample = [r.unit for r in atlas.results("dataset_image")]
+        for unit in range(5):
+            dead = unit == 4
+            atlas.put(Output("stats", "conv2", unit, {"mean": 0.1 * unit, "std": 0.2, "max": 2.0, "dead": dead,
+                                                      "sparsity": 0.0 if dead else 0.3 + 0.1 * unit,
+                                                      "histogram": {"edges": [0, 1, 2], "counts": [4, 2]}}, recipe),
+                      "stats")
+            atlas.put(Output("trust", "conv2", unit, {"render_value": 3.0, "best_dataset_value": 2.0 + unit,
+                                                      "ratio": 3.0 / (2.0 + unit)}, recipe), "trust")
+        atlas.put(Output("topk", "conv2", 1, {"k": 2, "by": "max", "examples": [
+            {"index": 0, "source": "x", "label": 9, "value": 5.0, "row": 1, "col": 2},
+            {"index": sample[1], "source": "y", "label": 8, "value": 4.0, "row": 3, "col": 4}]}, recipe,
+            {"image:0": tile, "patch:0": tile, "projection:0": tile, "image:1": tile}), "topk")
+        atlas.put(Output("purity", "conv2", 1, {"majority": "Bag", "fraction": 0.5,
+                                                "histogram": {"Bag": 1, "Ankle boot": 1}}, recipe), "purity")
+        atlas.put(Output("layer_stats", "conv2", -1, {"units": 64, "dead": [4], "median_sparsity": 0.4}, recipe),
+                  "layer_stats")
+        atlas.put(Output("probe", "conv2", -1, {"accuracy": 0.87, "train_size": 100, "test_size": 50}, recipe), "probe")
+        atlas.put(Output("tsne", "", -1, {"layer": "fc1", "rows": 2, "cols": 2, "cells": [0, sample[1], None, 10**6]},
+                         recipe, {"grid": Image.new("RGB", (64, 64), "white")}), "tsne")
+    return sample
+
+
+def test_analysis_sections_appear_when_stored(atlas_copy):
+    with TestClient(create_site([atlas_copy], device="cpu")) as client:
+        assert "trust" not in client.get("/api/layer/conv2").json()["sortable"]
+        sample = _put_analysis(atlas_copy)
+        layer = client.get("/api/layer/conv2").json()
+        assert layer["sortable"] == ["unit", "value", "trust", "mean", "sparsity", "purity"]
+        assert layer["stats"]["dead"] == [4] and layer["probe"]["accuracy"] == 0.87
+        assert [c["dead"] for c in layer["cells"]] == [False, False, False, False, True]
+        html = client.get("/layer/conv2").text
+        assert 'class="cell dead' in html and 'data-trust="' in html
+        unit = client.get("/layer/conv2/unit/1").text
+        for heading in ("Trust figure", "Top images", "Class purity", "Activation statistics"):
+            assert heading in unit
+        assert "majority class <b>Bag</b>" in unit and 'alt="patch 1"' in unit
+        overview = client.get("/").text
+        assert "87.0%" in overview and 'href="tsne"' in overview
+        tsne = client.get("/tsne")
+        assert tsne.status_code == 200 and f'href="image/{sample[1]}"' in tsne.text
+        assert "<td>1000000</td>" in tsne.text  # an image outside the sample is named, not linked
+        assert "conv2:1</a> rank 2" in client.get(f"/image/{sample[1]}").text
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("href", "src") and value:
+                self.links.append(value)
+
+
+def test_the_static_export_links_only_to_files_it_holds(tiny_atlas, tmp_path):
+    site = export(tiny_atlas, tmp_path / "site")
+    pages = sorted(site.rglob("*.html"))
+    assert site / "index.html" in pages and site / "layer/conv1/unit/3.html" in pages
+    checked = 0
+    for page in pages:
+        parser = _Links()
+        parser.feed(page.read_text())
+        for link in parser.links:
+            parts = urlsplit(link)
+            assert not parts.scheme and not link.startswith("/"), f"{page}: {link} is not relative"
+            target = (page.parent / unquote(parts.path)).resolve()
+            assert target.is_file(), f"{page.relative_to(site)} links to missing {link}"
+            checked += 1
+    assert checked > 100
+    assert re.search(r"needs <code>convscope serve", (site / "live.html").read_text())
+    assert (site / "api/layer/conv1/unit/3.json").is_file()
