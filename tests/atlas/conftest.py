@@ -91,10 +91,18 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_atlas):
-    from convscope.web import create_site
+def serving():
+    """`serving(app)` -> a started `Served` (the caller stops it)."""
+    return Served
 
-    served = Served(create_site([tiny_atlas], device="cpu"))
+
+@pytest.fixture(scope="session")
+def server(tiny_atlas):
+    from convscope.web import UploadLimits, create_site
+
+    limits = UploadLimits(max_bytes=2 * 2**20)  # small, so the oversize-upload test has little to send
+    served = Served(create_site([tiny_atlas], device="cpu", limits=limits))
+    served.limits = limits
     yield served
     served.stop()
 

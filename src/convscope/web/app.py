@@ -106,7 +106,9 @@ def create_app(folder: str | Path, *, device: Any = None, limits: UploadLimits =
 
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, error: UploadError):
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        # a refused body may still be arriving: close the connection rather than wait for the rest
+        headers = {"Connection": "close"} if error.status == 413 else None
+        return JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
 
     @app.get("/")
     def overview_html():
