@@ -1,4 +1,4 @@
-"""`convscope demo`: run the demo that makes the README's gallery."""
+"""`convscope demo`: build the demo atlases, run the demo that makes the README's gallery, then open the viewer."""
 
 from __future__ import annotations
 
@@ -13,10 +13,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="output folder (default docs/gallery)")
     parser.add_argument("--quick", action="store_true", help="fewer optimization steps (a smoke test)")
     parser.add_argument("--only", nargs="*", default=None, help="run only steps whose title contains these words")
+    parser.add_argument("--atlas", default="atlas", help="folder of the demo atlases (default atlas/; resumed)")
+    parser.add_argument("--no-serve", action="store_true", help="only build: do not start the viewer afterwards")
+    parser.add_argument("--port", type=int, default=8000, help="viewer port on 127.0.0.1 (default 8000)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atlas.demo import build_demo
     from ..demo import run_demo
 
-    return run_demo(args.out, device=args.device, quick=args.quick, only=args.only)
+    atlases = build_demo(args.atlas, device=args.device, quick=args.quick)
+    code = run_demo(args.out, device=args.device, quick=args.quick, only=args.only)
+    if args.no_serve or not atlases:
+        return code
+    from ..web.app import serve
+
+    serve(atlases, host="127.0.0.1", port=args.port, device=args.device)
+    return code

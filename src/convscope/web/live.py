@@ -100,6 +100,9 @@ class LiveAnalyses:
             raise UploadError(f"image {image!r} is not held by the server (any more): upload it again", status=404)
         job = Job(id=secrets.token_hex(8), kind=kind, image=image, params=params)
         with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.status in ("queued", "running"))
+            if waiting >= self._max_jobs:
+                raise UploadError(f"the server is busy with {waiting} analyses; try again in a moment", status=503)
             self._jobs[job.id] = job
             while len(self._jobs) > self._max_jobs:
                 oldest = next(iter(self._jobs.values()))
