@@ -100,13 +100,3 @@ def test_the_cli_builds_checks_and_refuses_clearly(atlas_copy, tmp_path, capsys)
     assert "layer 'conv3' is not a layer of 'convscope:fashion-cnn'. Did you mean" in capsys.readouterr().err
     assert main(["atlas", "check", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_linear_layers_are_covered_too(tmp_path, tiny_config):
-    from dataclasses import replace
-
-    config = replace(tiny_config, layers=("fc1",), units=2, checkpoints=(), classes=(), samples=0, steps=2,
-                     stages=("featvis",))
-    build(config, tmp_path / "fc", device="cpu")
-    with Atlas(tmp_path / "fc", readonly=True) as atlas:
-        assert sorted(atlas.done("featvis")) == [("fc1", 0), ("fc1", 1)]

@@ -215,19 +215,25 @@ class Atlas:
     def checkpoints(self) -> list[dict[str, Any]]:
         return self._models("checkpoint")
 
-    def layers(self, *, selected: bool | None = None) -> list[dict[str, Any]]:
-        """Every layer row in model order (`selected=True`: only layers whose units the atlas covers)."""
+    def layers(self, *, selected: bool | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Every layer row in model order (`selected=True`: only layers whose units the atlas covers; `name`: that
+        layer only)."""
         sql = "SELECT name, position, path, type, shape, params, calls, receptive_field, selected, recipe FROM layers"
+        where, args = [], []
         if selected is not None:
-            sql += f" WHERE selected = {int(selected)}"
-        rows = self.conn.execute(sql + " ORDER BY position").fetchall()
+            where.append(f"selected = {int(selected)}")
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        sql += (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self.conn.execute(sql + " ORDER BY position", args).fetchall()
         return [{"name": n, "position": p, "path": path, "type": t, "shape": json.loads(s) if s else None,
                  "params": params, "calls": calls, "receptive_field": json.loads(rf) if rf else None,
                  "selected": bool(sel), "recipe": json.loads(r)}
                 for n, p, path, t, s, params, calls, rf, sel, r in rows]
 
     def layer(self, name: str) -> dict[str, Any] | None:
-        found = [row for row in self.layers() if row["name"] == name]
+        found = self.layers(name=name)
         return found[0] if found else None
 
     def units(self, layer: str) -> list[int]:
@@ -243,9 +249,10 @@ class Atlas:
         """(layer, unit) of every stored result of `kind`."""
         return set(self.conn.execute("SELECT layer, unit FROM results WHERE kind = ?", (kind,)).fetchall())
 
-    def results(self, kind: str | None = None, layer: str | None = None, unit: int | None = None
-                ) -> list[StoredResult]:
-        """Stored results matching the given kind/layer/unit (None: any), ordered by kind, layer, unit."""
+    def results(self, kind: str | None = None, layer: str | None = None, unit: int | None = None, *,
+                recipes: bool = True) -> list[StoredResult]:
+        """Stored results matching the given kind/layer/unit (None: any), ordered by kind, layer, unit.
+        `recipes=False` leaves every recipe empty (faster, for pages that list many results)."""
         where, args = [], []
         for column, value in (("kind", kind), ("layer", layer), ("unit", unit)):
             if value is not None:
@@ -256,7 +263,8 @@ class Atlas:
         for k, lay, u, role, path in self.conn.execute(
                 f"SELECT kind, layer, unit, role, path FROM images{clause}", args):
             images.setdefault((k, lay, u), {})[role] = path
-        rows = self.conn.execute(f"SELECT kind, layer, unit, stage, payload, recipe FROM results{clause} "
+        recipe = "recipe" if recipes else "'{}'"
+        rows = self.conn.execute(f"SELECT kind, layer, unit, stage, payload, {recipe} FROM results{clause} "
                                  "ORDER BY kind, layer, unit", args).fetchall()
         return [StoredResult(k, lay, u, st, json.loads(p), json.loads(r), images.get((k, lay, u), {}))
                 for k, lay, u, st, p, r in rows]

@@ -40,10 +40,10 @@ def _model(atlas: Atlas) -> dict[str, Any]:
 def overview(atlas: Atlas) -> dict[str, Any]:
     """The model: its layer table (with units covered, dead units and probe accuracy when stored), class models,
     the dataset sample."""
-    layer_stats = {r.layer: r.payload for r in atlas.results("layer_stats")}
-    probes = {r.layer: r.payload for r in atlas.results("probe")}
+    layer_stats = {r.layer: r.payload for r in atlas.results("layer_stats", recipes=False)}
+    probes = {r.layer: r.payload for r in atlas.results("probe", recipes=False)}
     render_dead: dict[str, int] = {}
-    for r in atlas.results("featvis"):
+    for r in atlas.results("featvis", recipes=False):
         render_dead[r.layer] = render_dead.get(r.layer, 0) + bool(r.payload.get("render_dead"))
     covered: dict[str, int] = {}
     for layer, _unit, _chunk, _item in atlas.plan():
@@ -59,14 +59,15 @@ def overview(atlas: Atlas) -> dict[str, Any]:
                      "dead": len(stats["dead"]) if stats else None, "render_dead": render_dead.get(row["name"]),
                      "probe": probes.get(row["name"], {}).get("accuracy")})
     classes = [{"class": r.unit, "name": r.payload.get("name"), "value": r.payload.get("value"),
-                "image": _picture(r)} for r in atlas.results("class_model")]
+                "image": _picture(r)} for r in atlas.results("class_model", recipes=False)]
     return {"page": "overview", "model": _model(atlas), "layers": rows, "class_models": classes,
             "dataset": _dataset(atlas)}
 
 
 def _dataset(atlas: Atlas) -> list[dict[str, Any]]:
     return [{"index": r.unit, "class": r.payload.get("class"), "label": r.payload.get("label"),
-             "image": r.images.get("image"), "error": r.payload.get("error")} for r in atlas.results("dataset_image")]
+             "image": r.images.get("image"), "error": r.payload.get("error")}
+            for r in atlas.results("dataset_image", recipes=False)]
 
 
 def _neighbours(items: list[Any], current: Any) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def layer_page(atlas: Atlas, name: str) -> dict[str, Any] | None:
     if layer is None:
         return None
     by_kind: dict[str, dict[int, StoredResult]] = {}
-    for r in atlas.results(layer=name):
+    for r in atlas.results(layer=name, recipes=False):
         by_kind.setdefault(r.kind, {})[r.unit] = r
     cells = []
     for unit in atlas.units(name):
@@ -137,7 +138,7 @@ def image_page(atlas: Atlas, index: int) -> dict[str, Any] | None:
     if result is None:
         return None
     top = [{"layer": r.layer, "unit": r.unit, "rank": k + 1, "value": e.get("value")}
-           for r in atlas.results("topk") for k, e in enumerate(r.payload.get("examples", []))
+           for r in atlas.results("topk", recipes=False) for k, e in enumerate(r.payload.get("examples", []))
            if e.get("index") == index]
     return {"page": "image", "model": _model(atlas), "image": result.to_dict(), "top_of": top}
 
