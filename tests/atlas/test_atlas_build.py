@@ -30,7 +30,8 @@ def test_the_tiny_atlas_holds_every_stage_with_recipes(tiny_atlas):
             assert result.recipe.get("kind") and result.recipe.get("versions"), (result.kind, result.recipe)
             for path in result.images.values():
                 assert path.startswith("files/") and (tiny_atlas / path).is_file()
-        assert counts == {"dataset_image": 12, "class_model": 10, "featvis": 10, "filter": 5, "evolution": 10}
+        assert counts == {"dataset_image": 12, "class_model": 10, "featvis": 10, "filter": 5, "evolution": 10,
+                          "topk": 10, "purity": 10, "stats": 10, "trust": 10, "layer_stats": 2}
         vis = atlas.result("featvis", "conv2", 4)
         assert vis.payload["chunk"] == [3, 4] and vis.payload["item"] == 1
         assert vis.recipe["params"]["objective"] == "conv2:[3, 4]" and vis.recipe["params"]["steps"] == 6
@@ -39,6 +40,19 @@ def test_the_tiny_atlas_holds_every_stage_with_recipes(tiny_atlas):
         assert strip.payload["labels"] == ["convscope:small-cnn", "epoch 10"]
         assert len(atlas.result("class_model", "", 7).payload["name"]) > 0
         assert set(KINDS) >= {r.kind for r in atlas.results()}
+        top = atlas.result("topk", "conv2", 2)
+        assert top.payload["by"] == "mean" and len(top.payload["examples"]) == 4
+        assert sorted(top.images) == sorted(f"{role}:{i}" for role in ("image", "patch", "projection") for i in range(4))
+        assert "projection:0" not in atlas.result("topk", "conv1", 2).images  # no rectifier below conv1 to guide
+        values = [e["value"] for e in top.payload["examples"]]
+        assert values == sorted(values, reverse=True)
+        trust = atlas.result("trust", "conv2", 2).payload
+        assert trust["best_dataset_value"] == values[0] and trust["render_value"] == atlas.result(
+            "featvis", "conv2", 2).payload["value"]
+        stats = atlas.result("stats", "conv2", 2).payload
+        assert stats["inputs"] == 96 and sum(stats["histogram"]["counts"]) == 96
+        assert atlas.result("layer_stats", "conv2", -1).payload["units"] == 5
+        assert not (tiny_atlas / "work").exists()  # the scan's checkpoint is gone once the stage is done
 
 
 def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_config):
@@ -57,34 +71,29 @@ def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_c
     assert np.array_equal(np.asarray(vis.image(1)), np.asarray(stored))
 
 
-class _FakeStats(Stage):
-    """Stands in for the dataset-analysis stages: writes their kinds with the payloads `kinds` fixes."""
+class _FakeProbe(Stage):
+    """Stands in for a stage still to come (linear probes): writes its kind with the payload `kinds` fixes."""
 
-    name = kind = "stats"
-    level = "unit"
+    name = kind = "probe"
+    level = "layer"
     needs = ("data",)
 
     def wanted(self, ctx):
-        return [(layer, unit) for layer, unit, _, _ in ctx.atlas.plan()]
+        return [(row["name"], -1) for row in ctx.atlas.layers(selected=True)]
 
     def run(self, ctx, todo):
         for layer, unit in todo:
-            dead = unit == 2
-            yield Output("stats", layer, unit, {"mean": 0.0 if dead else 0.1 * unit, "std": 0.1, "max": 1.0 + unit,
-                                                "sparsity": 0.0 if dead else 0.5, "dead": dead,
-                                                "histogram": {"edges": [0, 1, 2, 3], "counts": [5, 3, 1]}},
-                         {"kind": "fake-stats", "model": {}, "params": {}, "versions": {"x": "1"}})
+            yield Output("probe", layer, unit, {"accuracy": 0.5 + 0.1 * len(layer), "train_size": 8, "test_size": 4},
+                         {"kind": "fake-probe", "model": {}, "params": {}, "versions": {"x": "1"}})
 
 
 def test_a_new_stage_plugs_in_and_resumes_only_its_own_work(atlas_copy, tiny_config, monkeypatch):
-    from dataclasses import replace
-
-    monkeypatch.setitem(STAGES, "stats", _FakeStats)
-    report = build(replace(tiny_config, stages=None), atlas_copy, device="cpu")
-    assert report.stored["stats"] == 10 and sum(report.stored.values()) == 10  # nothing else was redone
-    assert report.already["featvis"] == 10
+    monkeypatch.setitem(STAGES, "probe", _FakeProbe)
+    report = build(tiny_config, atlas_copy, device="cpu")
+    assert report.stored["probe"] == 2 and sum(report.stored.values()) == 2  # nothing else was redone
+    assert report.already["featvis"] == 10 and report.already["scan"] == 10
     with Atlas(atlas_copy, readonly=True) as atlas:
-        assert atlas.result("stats", "conv1", 2).payload["dead"] is True
+        assert atlas.result("probe", "conv1", -1).payload["accuracy"] == 1.0
 
 
 def test_the_cli_builds_checks_and_refuses_clearly(atlas_copy, tmp_path, capsys):

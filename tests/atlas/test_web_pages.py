@@ -35,7 +35,8 @@ def test_pages_and_their_json_say_the_same(client):
         assert client.get("/" + cell["image"]).status_code == 200
     unit = client.get("/layer/conv1/unit/3")
     data = client.get("/api/layer/conv1/unit/3").json()
-    assert [s["kind"] for s in data["sections"]] == ["featvis", "filter", "evolution"]
+    assert [s["kind"] for s in data["sections"]] == ["featvis", "trust", "topk", "purity", "stats", "filter",
+                                                     "evolution"]
     assert data["neighbours"] == {"previous": 2, "next": 4}
     for result in data["results"].values():
         for path in result["images"].values():
@@ -57,51 +58,45 @@ def test_files_carry_cache_headers(client):
     assert client.get("/static/viewer.css").headers["cache-control"].startswith("public")
 
 
-def _put_analysis(folder: Path) -> list[int]:
-    """What the dataset-analysis stages will store, with the payloads `convscope.atlas.kinds` fixes; returns the
-    dataset indices of the atlas's sample that the t-SNE grid and the top-k list use."""
+def test_the_analysis_shows_on_layer_unit_and_image_pages(client):
+    layer = client.get("/api/layer/conv2").json()
+    # conv2 is read before its ReLU: no dataset image has a positive spatial mean there, so no trust ratio to sort by
+    assert layer["sortable"] == ["unit", "value", "mean", "sparsity", "purity"]
+    assert layer["stats"]["units"] == 5 and all(c["dead"] is False for c in layer["cells"])
+    html = client.get("/layer/conv2").text
+    assert 'data-sparsity="' in html and 'data-purity="' in html
+    unit = client.get("/layer/conv2/unit/1").text
+    for heading in ("Trust figure", "Top images", "Class purity", "Activation statistics"):
+        assert heading in unit
+    assert "no dataset image brings that mean above zero" in unit
+    assert 'alt="patch 1"' in unit and 'alt="projection 1"' in unit and "<svg class=\"histogram\"" in unit
+    top = client.get("/api/layer/conv2/unit/1").json()["results"]["topk"]
+    for path in top["images"].values():
+        assert client.get("/" + path).status_code == 200
+
+
+def _put_planned(folder: Path) -> list[int]:
+    """What the stages still to come (probes, t-SNE) will store, with the payloads `convscope.atlas.kinds` fixes;
+    returns the dataset indices of the atlas's sample that the grid uses."""
     from PIL import Image
 
     recipe = {"kind": "fake", "model": {}, "params": {}, "versions": {}}
-    tile = Image.new("L", (28, 28), 128)
     with Atlas(folder) as atlas:
         sample = [r.unit for r in atlas.results("dataset_image")]
-        for unit in range(5):
-            dead = unit == 4
-            atlas.put(Output("stats", "conv2", unit, {"mean": 0.1 * unit, "std": 0.2, "max": 2.0, "dead": dead,
-                                                      "sparsity": 0.0 if dead else 0.3 + 0.1 * unit,
-                                                      "histogram": {"edges": [0, 1, 2], "counts": [4, 2]}}, recipe),
-                      "stats")
-            atlas.put(Output("trust", "conv2", unit, {"render_value": 3.0, "best_dataset_value": 2.0 + unit,
-                                                      "ratio": 3.0 / (2.0 + unit)}, recipe), "trust")
-        atlas.put(Output("topk", "conv2", 1, {"k": 2, "by": "max", "examples": [
-            {"index": 0, "source": "x", "label": 9, "value": 5.0, "row": 1, "col": 2},
-            {"index": sample[1], "source": "y", "label": 8, "value": 4.0, "row": 3, "col": 4}]}, recipe,
-            {"image:0": tile, "patch:0": tile, "projection:0": tile, "image:1": tile}), "topk")
-        atlas.put(Output("purity", "conv2", 1, {"majority": "Bag", "fraction": 0.5,
-                                                "histogram": {"Bag": 1, "Ankle boot": 1}}, recipe), "purity")
-        atlas.put(Output("layer_stats", "conv2", -1, {"units": 64, "dead": [4], "median_sparsity": 0.4}, recipe),
-                  "layer_stats")
         atlas.put(Output("probe", "conv2", -1, {"accuracy": 0.87, "train_size": 100, "test_size": 50}, recipe), "probe")
         atlas.put(Output("tsne", "", -1, {"layer": "fc1", "rows": 2, "cols": 2, "cells": [0, sample[1], None, 10**6]},
                          recipe, {"grid": Image.new("RGB", (64, 64), "white")}), "tsne")
+        top = atlas.result("topk", "conv2", 1)
+        top.payload["examples"][1]["index"] = sample[1]  # as if a top image were in the sample
+        atlas.put(Output("topk", "conv2", 1, top.payload, top.recipe), "scan")
     return sample
 
 
-def test_analysis_sections_appear_when_stored(atlas_copy):
+def test_planned_sections_appear_when_stored(atlas_copy):
     with TestClient(create_site([atlas_copy], device="cpu")) as client:
-        assert "trust" not in client.get("/api/layer/conv2").json()["sortable"]
-        sample = _put_analysis(atlas_copy)
-        layer = client.get("/api/layer/conv2").json()
-        assert layer["sortable"] == ["unit", "value", "trust", "mean", "sparsity", "purity"]
-        assert layer["stats"]["dead"] == [4] and layer["probe"]["accuracy"] == 0.87
-        assert [c["dead"] for c in layer["cells"]] == [False, False, False, False, True]
-        html = client.get("/layer/conv2").text
-        assert 'class="cell dead' in html and 'data-trust="' in html
-        unit = client.get("/layer/conv2/unit/1").text
-        for heading in ("Trust figure", "Top images", "Class purity", "Activation statistics"):
-            assert heading in unit
-        assert "majority class <b>Bag</b>" in unit and 'alt="patch 1"' in unit
+        assert client.get("/tsne").status_code == 404
+        sample = _put_planned(atlas_copy)
+        assert client.get("/api/layer/conv2").json()["probe"]["accuracy"] == 0.87
         overview = client.get("/").text
         assert "87.0%" in overview and 'href="tsne"' in overview
         tsne = client.get("/tsne")

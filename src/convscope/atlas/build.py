@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from ..errors import LayerNotFoundError, OptionError, suggest
 from ..results import Recipe, versions
-from . import _builtin  # noqa: F401  (registers the built-in stages)
+from . import _builtin  # noqa: F401, I001  (registers the built-in stages: these first)
+from . import _analysis  # noqa: F401, E402, I001  (then the dataset scan, which reads the visualizations' values)
 from ._schema import FILES
 from .stages import STAGES, Stage, StageContext
 from .store import TEMP_MARK, Atlas, AtlasError, now
@@ -34,7 +35,7 @@ Progress = Callable[[float, int, str], None]
 
 # options that change what is stored: an atlas is resumed only with the same values
 _RESULT_OPTIONS = ("model", "arch", "data", "layers", "units", "checkpoints", "classes", "steps", "seed", "chunk",
-                   "samples")
+                   "samples", "k", "scan_limit")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class BuildConfig:
         steps, seed: feature-visualization steps and seed (every render uses them).
         chunk: units per batched render; fixed for the atlas, since a unit's picture depends on its chunk.
         samples: dataset images stored in the atlas (for the live page and the image pages).
+        k, scan_limit: top images per unit, and how many dataset items the scan reads (None: all).
         engine: "local"; "ray" comes with the dataset analysis.
         stages: the stage names to run (None: every registered stage that can run).
     """
@@ -66,13 +68,15 @@ class BuildConfig:
     seed: int = 0
     chunk: int = 32
     samples: int = 64
+    k: int = 9
+    scan_limit: int | None = None
     engine: Literal["local", "ray"] = "local"
     stages: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.units != "all" and (not isinstance(self.units, int) or self.units < 1):
             raise OptionError(f"units per layer must be a positive number or 'all', got {self.units!r}")
-        for name in ("steps", "chunk"):
+        for name in ("steps", "chunk", "k"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples < 0:
@@ -119,7 +123,8 @@ def _check_options(atlas: Atlas, config: BuildConfig) -> None:
     if stored is None:
         return
     mine = json.loads(json.dumps(config.identity()))
-    differ = [k for k in _RESULT_OPTIONS if stored.get(k) != mine.get(k)]
+    # an option the atlas does not record is newer than it: the stages it feeds have not run there yet
+    differ = [k for k in _RESULT_OPTIONS if k in stored and stored.get(k) != mine.get(k)]
     if differ:
         what = ", ".join(f"{k} {stored.get(k)!r} there vs {mine.get(k)!r} now" for k in differ)
         raise AtlasError(f"atlas {str(atlas.folder)!r} was built with other options ({what}): resume it with the "
@@ -202,6 +207,8 @@ def build(config: BuildConfig, out: str | Path, *, device: Any = None, progress:
     start = time.perf_counter()
     with Atlas(out, create=True) as atlas:
         _check_options(atlas, config)
+        if atlas.model() is not None:
+            atlas.set_meta("config", config.identity())  # records options newer than the atlas
         cleaned = _clean_temp(atlas.folder)
         spec = load(config.model, arch=config.arch, seed=config.seed, device=device)
         ctx = StageContext(spec=spec, config=config, atlas=atlas, device=device)
@@ -234,9 +241,10 @@ def build(config: BuildConfig, out: str | Path, *, device: Any = None, progress:
                     ctx.partial = lambda amount, t=title: progress(done + amount, total, t)
                     progress(done, total, title)
                 tick = time.perf_counter()
-                for output in stage.run(ctx, todo):
+                for output in stage.run(ctx, todo):  # an Output, or a list of them stored together
                     elapsed = time.perf_counter() - tick
-                    atlas.put(output, stage.name, seconds=elapsed, run=run)
+                    atlas.put_many(output if isinstance(output, list) else [output], stage.name, seconds=elapsed,
+                                   run=run)
                     tick = time.perf_counter()
                     done += 1
                     stored[stage.name] += 1

@@ -2,8 +2,8 @@
 
 This is the contract between the build stages that write results and the viewer that shows them. The viewer shows
 a section for every kind it finds and knows; a kind it does not know is shown as its payload and pictures. Kinds
-marked `planned` are written by the dataset-analysis stages (top-k, statistics, t-SNE, probes) once they exist:
-their payloads are fixed here so those stages and the viewer's sections fit without a schema change.
+marked `planned` (t-SNE, probes) have no stage yet: their payloads are fixed here so those stages and the viewer's
+sections fit without a schema change.
 """
 
 from __future__ import annotations
@@ -47,19 +47,19 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          ("strip",)),
     Kind("class_model", "model", "Class model", "class index, name, value (the class logit reached)", ("image",)),
     Kind("dataset_image", "model", "Dataset image", "index, label, class name, source", ("image",)),
-    # written by the dataset-analysis stages (issue 11), shown by the viewer when present
+    # written by the dataset scan stage (`_analysis`); t-SNE and probes are planned
     Kind("topk", "unit", "Top images",
-         "k, by ('max'|'mean'), examples [{index, source, label, value, row, col}] best first",
-         ("image:{i}", "patch:{i}", "projection:{i}"), planned=True),
+         "k, by ('max'|'mean'), examples [{index, source, label, class, value, row, col}] best first",
+         ("image:{i}", "patch:{i}", "projection:{i}")),
     Kind("purity", "unit", "Class purity",
-         "majority (class name), fraction (of the top-k), histogram {class name: count}", planned=True),
+         "majority (class name), fraction (of the top-k), histogram {class name: count}"),
     Kind("stats", "unit", "Activation statistics",
-         "mean, std, max, sparsity (fraction of inputs where active), dead (bool), histogram {edges [..], counts [..]}",
-         planned=True),
+         "mean, std, max, active (fraction of inputs where the unit fires), sparsity (1 - active), dead (never "
+         "fires), inputs, by, histogram {edges [bins - 1], counts [bins]}"),
     Kind("trust", "unit", "Trust figure",
          "render_value, best_dataset_value, ratio (render / best dataset; > 1: the picture excites the unit more "
-         "than any dataset image)", planned=True),
-    Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity", planned=True),
+         "than any dataset image), best_index"),
+    Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity, inputs"),
     Kind("probe", "layer", "Linear probe", "accuracy (held-out), train_size, test_size", planned=True),
     Kind("tsne", "model", "t-SNE grid",
          "layer, rows, cols, cells: rows*cols dataset indices (or null), row-major", ("grid",), planned=True),

@@ -104,8 +104,9 @@ class Stage:
         done = ctx.atlas.done(self.kind)
         return [key for key in self.wanted(ctx) if key not in done]
 
-    def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[Output]:
-        """Yield one `Output` per key of `todo` (any order); each is committed as soon as it is yielded."""
+    def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[Output | list[Output]]:
+        """Yield one `Output` per key of `todo` (any order), or a list of outputs about one key (several kinds) that
+        commit together; each is committed as soon as it is yielded."""
         raise NotImplementedError
 
 

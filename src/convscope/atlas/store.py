@@ -178,23 +178,30 @@ class Atlas:
 
     def put(self, output: Output, stage: str, *, seconds: float | None = None, run: int | None = None) -> None:
         """Store one result atomically: images first (temp + rename), then its rows in one transaction."""
+        self.put_many([output], stage, seconds=seconds, run=run)
+
+    def put_many(self, outputs: list[Output], stage: str, *, seconds: float | None = None,
+                 run: int | None = None) -> None:
+        """Store several results (say, every kind about one unit) atomically: all or none of their rows commit."""
         rows = []
-        for role, image in sorted(output.images.items()):
-            data = _png(image)
-            suffix = "" if role == "image" else "-" + file_name(role.replace(":", "-"))
-            unit = "model" if output.unit < 0 else f"{output.unit}"
-            where = f"{FILES}/{file_name(output.kind)}/{file_name(output.layer) or 'model'}/{unit}{suffix}.png"
-            self.write_file(where, data)
-            rows.append((*output.key, role, where, image.width, image.height, hashlib.sha256(data).hexdigest()))
+        for output in outputs:
+            for role, image in sorted(output.images.items()):
+                data = _png(image)
+                suffix = "" if role == "image" else "-" + file_name(role.replace(":", "-"))
+                unit = "model" if output.unit < 0 else f"{output.unit}"
+                where = f"{FILES}/{file_name(output.kind)}/{file_name(output.layer) or 'model'}/{unit}{suffix}.png"
+                self.write_file(where, data)
+                rows.append((*output.key, role, where, image.width, image.height, hashlib.sha256(data).hexdigest()))
         with self.transaction() as conn:
-            conn.execute("DELETE FROM images WHERE kind = ? AND layer = ? AND unit = ?", output.key)
-            conn.execute("DELETE FROM results WHERE kind = ? AND layer = ? AND unit = ?", output.key)
-            conn.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (*output.key, stage, _json(output.payload), _recipe(output.recipe), now()))
+            for output in outputs:
+                conn.execute("DELETE FROM images WHERE kind = ? AND layer = ? AND unit = ?", output.key)
+                conn.execute("DELETE FROM results WHERE kind = ? AND layer = ? AND unit = ?", output.key)
+                conn.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (*output.key, stage, _json(output.payload), _recipe(output.recipe), now()))
             conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            if seconds is not None and run is not None:
+            if seconds is not None and run is not None and outputs:
                 conn.execute("INSERT INTO timings VALUES (?, ?, ?, ?, ?, ?)",
-                             (run, stage, output.layer, output.unit, seconds, now()))
+                             (run, stage, outputs[0].layer, outputs[0].unit, seconds, now()))
 
     # ---- reading --------------------------------------------------------------------------------------------------
 

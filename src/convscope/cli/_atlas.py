@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--steps", type=int, default=256, help="render steps per picture (default 256)")
     build.add_argument("--chunk", type=int, default=32, help="units per batched render (default 32; fixed per atlas)")
     build.add_argument("--samples", type=int, default=64, help="dataset images stored for the viewer (default 64)")
+    build.add_argument("--k", type=int, default=9, help="top dataset images per unit (default 9)")
+    build.add_argument("--scan-limit", type=int, default=None, metavar="N",
+                       help="scan only the first N dataset items (default: all)")
     build.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="where stages run (ray: with the dataset analysis, not yet)")
     build.add_argument("--stages", type=_layers, default=None, help="only these stages, comma-separated")
@@ -65,7 +68,8 @@ def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         model=args.model, data=args.data, arch=args.arch, layers=tuple(args.layers) if args.layers else None,
         units=units, checkpoints=tuple(args.checkpoints), classes=tuple(args.classes) if args.classes else None,
-        steps=args.steps, seed=args.seed, chunk=args.chunk, samples=args.samples, engine=args.engine,
+        steps=args.steps, seed=args.seed, chunk=args.chunk, samples=args.samples, k=args.k,
+        scan_limit=args.scan_limit, engine=args.engine,
         stages=tuple(args.stages) if args.stages else None)
     with progress("atlas") as bar:
         task = bar.add_task("planning", total=None)

@@ -1,0 +1,134 @@
+"""The dataset-analysis stage: one `analysis.scan` over `--data` for every planned unit, then per unit its top-k
+images, receptive-field patches and projections, class purity, statistics with the dead flag, and trust figure
+(all about one unit commit together), and per layer its statistics.
+
+The scan ranks inputs by the unit's spatial mean (`by="mean"`), the quantity its feature visualization maximizes,
+so the trust figure (render value / best dataset value) compares like with like: above 1, the picture drives the
+unit harder than any image of the dataset. The scan checkpoints per shard into the atlas folder (`work/`), so a
+killed build resumes the pass too; the checkpoint is removed once every unit is stored.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import ConvscopeError
+from ..render.core import to_pil
+from ..results import Recipe
+from .stages import Key, Stage, StageContext, register_stage
+from .store import Output
+
+__all__ = ["DatasetScan"]
+
+BY = "mean"
+PROJECTION = ("guided", "deconvnet")  # the first one the unit's layer supports is stored
+
+
+def _signed(gradient: torch.Tensor) -> torch.Tensor:
+    top = float(gradient.abs().max())
+    return gradient / (2 * top) + 0.5 if top > 0 else torch.full_like(gradient, 0.5)
+
+
+@register_stage
+class DatasetScan(Stage):
+    """Top-k examples, purity, statistics, dead flag and trust figure of every unit, from one pass over the data."""
+
+    name = "scan"
+    kind = "stats"  # written in the same transaction as the unit's topk, purity and trust rows
+    level = "unit"
+    needs = ("data",)
+    title = "dataset scan"
+
+    def wanted(self, ctx: StageContext) -> list[Key]:
+        return [(layer, unit) for layer, unit, _, _ in ctx.atlas.plan()]
+
+    def _scan(self, ctx: StageContext):
+        from ..analysis import scan
+
+        plan = ctx.plan()
+        units = {layer: sorted(u for chunk in chunks.values() for u in chunk) for layer, chunks in plan.items()}
+        work = ctx.atlas.folder / "work"
+        work.mkdir(exist_ok=True)
+        total = [1]
+
+        def tick(done: int, items: int) -> None:
+            total[0] = max(1, items)
+            ctx.partial(0.5 * done / total[0])  # the pass is about half of the stage's first unit
+
+        return scan(ctx.spec, ctx.config.data, list(units), k=ctx.config.k, by=BY, units=units,
+                    limit=ctx.config.scan_limit, checkpoint=work / "scan.checkpoint", progress=tick), work
+
+    def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[list[Output]]:
+        result, work = self._scan(ctx)
+        topk, stats = result.topk, result.stats
+        recipe = result.recipe.to_dict()
+        edges = [float(e) for e in stats.edges]
+        for layer, unit in todo:
+            layer_stats = stats[layer]
+            row = layer_stats.channels.index(unit)
+            outputs = [self._topk(topk, layer, unit, recipe), self._stats(layer_stats, row, layer, unit, edges,
+                                                                         recipe)]
+            trust = self._trust(ctx, topk, layer, unit, recipe)
+            if trust is not None:
+                outputs.append(trust)
+            purity = topk.purity(layer, unit)
+            outputs.append(Output("purity", layer, unit, purity, recipe))
+            if unit == max(ctx.atlas.units(layer)):  # the layer's row commits with its last unit
+                outputs.append(self._layer(layer_stats, layer, recipe))
+            yield outputs
+        for leftover in work.glob("scan.checkpoint*"):
+            leftover.unlink()
+        if not any(work.iterdir()):
+            work.rmdir()
+
+    def _topk(self, topk, layer: str, unit: int, recipe: dict) -> Output:
+        examples = topk.examples(layer, unit)
+        images = {}
+        try:
+            pictures = topk.unit(layer, unit, projections=PROJECTION) if examples else None
+        except ConvscopeError:  # no readable example left: the list stays, without pictures
+            pictures = None
+        if pictures is not None:
+            method = next((m for m in PROJECTION if m in pictures.projections), None)
+            for i in range(len(pictures.records)):
+                images[f"image:{i}"] = to_pil(pictures.pixels[i])
+                images[f"patch:{i}"] = to_pil(pictures.patches[i])
+                if method is not None:
+                    images[f"projection:{i}"] = to_pil(_signed(pictures.projections[method][i]))
+            examples = list(pictures.records)
+            recipe = {**recipe, "params": {**recipe["params"], "projection": method, "unit": unit}}
+        payload = {"k": topk.k, "by": topk.by, "examples": examples}
+        return Output("topk", layer, unit, payload, recipe, images)
+
+    @staticmethod
+    def _stats(layer_stats, row: int, layer: str, unit: int, edges: list[float], recipe: dict) -> Output:
+        active = float(layer_stats.active_fraction[row])
+        payload = {"mean": float(layer_stats.mean[row]), "std": float(layer_stats.std[row]),
+                   "max": float(layer_stats.max[row]), "active": active, "sparsity": 1.0 - active,
+                   "dead": bool(layer_stats.dead[row]), "inputs": layer_stats.inputs, "by": BY,
+                   "histogram": {"edges": edges, "counts": [int(c) for c in layer_stats.hist[row]]}}
+        return Output("stats", layer, unit, payload, recipe)
+
+    @staticmethod
+    def _trust(ctx: StageContext, topk, layer: str, unit: int, recipe: dict) -> Output | None:
+        vis = ctx.atlas.result("featvis", layer, unit)
+        examples = topk.examples(layer, unit)
+        if vis is None or not examples:
+            return None
+        render, best = float(vis.payload["value"]), float(examples[0]["value"])
+        ratio = render / best if best > 0 else None
+        trust = Recipe("trust", recipe["model"], {"render": vis.recipe.get("params", {}), "scan": recipe["params"],
+                                                  "by": BY})
+        return Output("trust", layer, unit, {"render_value": render, "best_dataset_value": best, "ratio": ratio,
+                                             "best_index": examples[0]["index"]}, trust)
+
+    @staticmethod
+    def _layer(layer_stats, layer: str, recipe: dict) -> Output:
+        fractions = [float(f) for f in layer_stats.active_fraction]
+        payload = {"units": len(layer_stats.channels), "dead": layer_stats.dead_units(),
+                   "median_sparsity": 1.0 - statistics.median(fractions) if fractions else 1.0,
+                   "inputs": layer_stats.inputs}
+        return Output("layer_stats", layer, -1, payload, recipe)
