@@ -4,8 +4,11 @@ images, receptive-field patches and projections, class purity, statistics with t
 
 The scan ranks inputs by the unit's spatial mean (`by="mean"`), the quantity its feature visualization maximizes,
 so the trust figure (render value / best dataset value) compares like with like: above 1, the picture drives the
-unit harder than any image of the dataset. The scan checkpoints per shard into the atlas folder (`work/`), so a
-killed build resumes the pass too; the checkpoint is removed once every unit is stored.
+unit harder than any image of the dataset. A resumed build runs the pass again (it is cheap next to the renders)
+rather than resuming it from `scan`'s checkpoint: a `TopK` restored from a finished checkpoint draws a conv1 unit's
+"guided" projection that a freshly scanned one refuses (no rectifier below conv1), which would make a resumed atlas
+differ from an uninterrupted one. Per-unit results are stored as they come, so a killed build loses at most the
+pass and the unit in hand.
 """
 
 from __future__ import annotations
@@ -50,19 +53,15 @@ class DatasetScan(Stage):
 
         plan = ctx.plan()
         units = {layer: sorted(u for chunk in chunks.values() for u in chunk) for layer, chunks in plan.items()}
-        work = ctx.atlas.folder / "work"
-        work.mkdir(exist_ok=True)
-        total = [1]
 
         def tick(done: int, items: int) -> None:
-            total[0] = max(1, items)
-            ctx.partial(0.5 * done / total[0])  # the pass is about half of the stage's first unit
+            ctx.partial(0.5 * done / max(1, items))  # the pass counts as half a unit on the progress bar
 
         return scan(ctx.spec, ctx.config.data, list(units), k=ctx.config.k, by=BY, units=units,
-                    limit=ctx.config.scan_limit, checkpoint=work / "scan.checkpoint", progress=tick), work
+                    limit=ctx.config.scan_limit, progress=tick)
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[list[Output]]:
-        result, work = self._scan(ctx)
+        result = self._scan(ctx)
         topk, stats = result.topk, result.stats
         recipe = result.recipe.to_dict()
         edges = [float(e) for e in stats.edges]
@@ -79,10 +78,6 @@ class DatasetScan(Stage):
             if unit == max(ctx.atlas.units(layer)):  # the layer's row commits with its last unit
                 outputs.append(self._layer(layer_stats, layer, recipe))
             yield outputs
-        for leftover in work.glob("scan.checkpoint*"):
-            leftover.unlink()
-        if not any(work.iterdir()):
-            work.rmdir()
 
     def _topk(self, topk, layer: str, unit: int, recipe: dict) -> Output:
         examples = topk.examples(layer, unit)
