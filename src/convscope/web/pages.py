@@ -115,12 +115,26 @@ def unit_page(atlas: Atlas, name: str, unit: int) -> dict[str, Any] | None:
     if unit not in units:
         return None
     results = {r.kind: r.to_dict() for r in atlas.results(layer=name, unit=unit)}
+    if "stats" in results:
+        results["stats"]["view"] = _histogram_view(results["stats"]["payload"].get("histogram"))
     order = [k for k in UNIT_SECTIONS if k in results] + sorted(k for k in results if k not in UNIT_SECTIONS)
     sections = [{"kind": k, "title": KINDS[k].title if k in KINDS else k, "known": k in UNIT_SECTIONS}
                 for k in order]
     return {"page": "unit", "model": _model(atlas), "layer": layer, "unit": unit, "results": results,
             "sections": sections, "neighbours": _neighbours(units, unit),
             "channels": layer["shape"][0] if layer["shape"] else None}
+
+
+def _histogram_view(histogram: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The histogram's bins from the first to the last non-empty one, with the edges around them."""
+    if not histogram or not any(histogram.get("counts", [])):
+        return None
+    counts, edges = histogram["counts"], histogram["edges"]  # len(edges) == len(counts) - 1
+    first = next(i for i, c in enumerate(counts) if c)
+    last = max(i for i, c in enumerate(counts) if c)
+    low = edges[first - 1] if first > 0 else None
+    high = edges[last] if last < len(edges) else None
+    return {"counts": counts[first:last + 1], "low": low, "high": high}
 
 
 def tsne_page(atlas: Atlas) -> dict[str, Any] | None:
