@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ["DEMO", "build_demo", "photo_folder"]
 
 MOBILENET = "torchvision:mobilenet_v2@IMAGENET1K_V1"
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "cat", "hubble_deep_field",
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field",
           "immunohistochemistry")
 
 # (folder name, `convscope atlas build` arguments without -o; {photos} is the photo folder)

@@ -26,13 +26,20 @@ def _nodes(rows: list[dict[str, Any]], max_nodes: int) -> tuple[list[dict[str, A
     paths = [r["path"] for r in ran]
     parents = {p.rsplit(".", 1)[0] for p in paths if "." in p}
     deepest = max((_depth(p) for p in paths), default=1)
+
+    def count(depth: int) -> int:
+        return sum(1 for r in ran if _depth(r["path"]) == depth or (_depth(r["path"]) < depth
+                                                                     and r["path"] not in parents))
+
+    # deep enough to show the atlas's layers as boxes of their own, else as deep as stays readable
+    wanted = max((_depth(r["path"]) for r in ran if r["selected"]), default=0)
     chosen = 1
     for depth in range(1, deepest + 1):
-        count = sum(1 for r in ran if _depth(r["path"]) == depth or (_depth(r["path"]) < depth
-                                                                      and r["path"] not in parents))
-        if count > max_nodes and depth > 1:
+        if count(depth) > max_nodes and depth > 1:
             break
         chosen = depth
+    if 0 < wanted <= chosen or (wanted and count(wanted) <= max_nodes):
+        chosen = wanted
     nodes = [r for r in ran if _depth(r["path"]) == chosen or (_depth(r["path"]) < chosen and r["path"] not in parents)]
     return nodes, parents
 
@@ -84,8 +91,9 @@ def graph_svg(rows: list[dict[str, Any]], links: Links, *, max_nodes: int = 48) 
     frames = []
     for path, level, top, bottom in boxes:
         x = INDENT * level + PAD - PAD // 2
-        row = by_path.get(path, {"name": path, "type": ""})
-        frames.append(f'<a href="{escape(links.page("layer", row["name"]))}"><g class="group">'
+        row = by_path.get(path, {"name": path, "type": "", "selected": False})
+        css = "group sel" if row.get("selected") else "group"
+        frames.append(f'<a href="{escape(links.page("layer", row["name"]))}"><g class="{css}">'
                       f'<rect x="{x}" y="{top - PAD // 2}" width="{WIDTH - 2 * x}" height="{bottom - top}" rx="7"/>'
                       f'<text x="{x + 6}" y="{top + HEADER - 6}">{escape(row["name"] + "  " + row["type"])}</text>'
                       '</g></a>')
