@@ -15,6 +15,7 @@ def _layers(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     atlas = sub.add_parser("atlas", help="build, check or export an atlas: every unit's pictures, stored in a folder")
     verbs = atlas.add_subparsers(dest="atlas_command", metavar="VERB", required=True)
+    atlas.set_defaults(handler=lambda _args: atlas.print_help() or 2)  # each verb sets its own
 
     build = verbs.add_parser("build", help="build an atlas, or finish an interrupted one (same options)")
     add_model_args(build)
