@@ -1,5 +1,5 @@
 """The demo atlases (`make demo`, `convscope demo`): every unit of the built-in CNN's conv layers, and a few units per
-layer of ImageNet MobileNetV2. Each is the `convscope atlas build` command shown in the README, run in-process;
+layer of ImageNet MobileNetV2 on the `photos` crops. Each is the `convscope atlas build` command shown in the README, run in-process;
 a second run finds everything stored and only checks (seconds).
 """
 
@@ -24,7 +24,7 @@ DEMO: tuple[tuple[str, str], ...] = (
 
 
 def photo_folder(root: Path) -> Path:
-    """An image folder of scikit-image's sample photos (one class, "photos"), until the photo-crop dataset exists."""
+    """An image folder of scikit-image's sample photos (one class, "photos"), where the `photos` dataset is not built."""
     folder = root / "photos"
     target = folder / "photos"
     if not target.is_dir() or not any(target.iterdir()):
@@ -40,6 +40,18 @@ def photo_folder(root: Path) -> Path:
     return folder
 
 
+def _photos(root: Path) -> str:
+    """The `photos` dataset (setup.sh builds it: `python -m convscope.data.photos`), else scikit-image's photos."""
+    from ..data import resolve
+    from ..errors import DatasetError
+
+    try:
+        resolve("photos")
+        return "photos"
+    except DatasetError:
+        return str(photo_folder(root))
+
+
 def build_demo(root: str | Path = "atlas", *, device: str | None = None, quick: bool = False) -> list[Path]:
     """Build (or finish, or just check) the demo atlases below `root`; return the folders that are ready.
 
@@ -51,7 +63,7 @@ def build_demo(root: str | Path = "atlas", *, device: str | None = None, quick: 
     ready = []
     for name, arguments in DEMO:
         folder = root / (f"quick-{name}" if quick else name)
-        args = shlex.split(arguments.replace("{photos}", str(photo_folder(root))))
+        args = shlex.split(arguments.replace("{photos}", _photos(root)))
         if quick:
             args[args.index("--steps") + 1] = "8"
             if "--units" in args:

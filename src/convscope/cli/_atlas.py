@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_model_args, device, print_json, progress
+from ._common import add_common_options, add_model_args, device, print_json, progress
 
 
 def _layers(text: str) -> list[str]:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--scan-limit", type=int, default=None, metavar="N",
                        help="scan only the first N dataset items (default: all)")
     build.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="where stages run (ray: with the dataset analysis, not yet)")
+                       help="where stages run (ray: not yet for the atlas)")
     build.add_argument("--stages", type=_layers, default=None, help="only these stages, comma-separated")
     build.set_defaults(handler=run_build)
 
@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("atlas", help="atlas folder")
     export.add_argument("-o", "--output", required=True, help="site folder to write")
     export.set_defaults(handler=run_export)
+
+    for verb in (build, check, export):
+        add_common_options(verb)  # `--device` and `--debug` after the verb too
 
     serve = sub.add_parser("serve", help="browse atlases in a local web viewer, with a live page for your images")
     serve.add_argument("atlases", nargs="+", metavar="ATLAS",
