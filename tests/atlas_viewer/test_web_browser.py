@@ -3,7 +3,7 @@ to a unit and check that every picture loaded; upload a photo on the live page a
 
 Screenshots go to $CONVSCOPE_SCREENSHOTS (default: a temporary folder). The README's screenshots are these tests
 run on the demo atlas:
-    CONVSCOPE_VIEWER_ATLAS=atlas/fashion-cnn CONVSCOPE_SCREENSHOTS=docs/viewer pytest tests/atlas/test_web_browser.py
+    CONVSCOPE_VIEWER_ATLAS=atlas/fashion-cnn CONVSCOPE_SCREENSHOTS=docs/viewer pytest tests/atlas_viewer/test_web_browser.py
 """
 
 from __future__ import annotations
