@@ -41,7 +41,17 @@ def files(tmp_path_factory) -> dict[str, str]:
 # A valid value for every required argument (by dest), so that only the bad option under test is wrong.
 FILL = {"model": "convscope:small-cnn", "image": "{image}", "images": "{image}", "arch": "small-cnn",
         "checkpoints": "convscope:small-cnn", "layer": "conv1", "layers": "conv1", "data": "{data}", "target": "0",
-        "unit": "0", "output": "{folder}/out.safetensors"}
+        "unit": "0", "output": "{folder}/out.safetensors", "atlas_command": "check", "atlas": "{folder}",
+        "atlases": "{folder}"}
+
+
+def _leaf(parser: argparse.ArgumentParser, fill: dict[str, str] = FILL) -> tuple[list[str], argparse.ArgumentParser]:
+    """A command with verbs (`atlas check`): the verbs FILL picks, and the parser that takes the options."""
+    verbs: list[str] = []
+    while subs := [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]:
+        verbs.append(fill[subs[0].dest])
+        parser = subs[0].choices[verbs[-1]]
+    return verbs, parser
 
 
 def _required(parser: argparse.ArgumentParser, files: dict[str, str], fill: dict[str, str] = FILL) -> list[str]:
@@ -91,10 +101,10 @@ def _one_line(capsys, code: int, word: str) -> str:
 
 @pytest.mark.parametrize("command", sorted(_subcommands()))
 def test_every_subcommand_refuses_bad_options_in_one_line(command, files, capsys):
-    parser = _subcommands()[command]
+    verbs, parser = _leaf(_subcommands()[command])
     required = _required(parser, files)
     for extra, word in _bad_options(parser, files):
-        _one_line(capsys, main([command, *required, *extra]), word)
+        _one_line(capsys, main([command, *verbs, *required, *extra]), word)
 
 
 @pytest.mark.parametrize("command", sorted(c for c, p in _subcommands().items()
