@@ -1,18 +1,21 @@
-"""Feature visualization speed: convscope `render` against torch-lucent 0.1.8, in one run on one machine.
+"""Feature visualization speed: convscope `render` (bf16 and float32) against torch-lucent 0.1.8, in one run.
 
 Setting (the same for both tools): torchvision GoogLeNet (random weights: timing only), objective: the mean of a
 channel of `inception4a`, a 128x128 image seen by the network at 128x128 (Lucent: `fixed_image_size=128`),
 Fourier parameterization with decorrelated colour, Lucid's standard transforms (pad 12, jitter 8, scale, rotate,
 jitter 4), Adam lr 0.05, 256 steps. Reported: seconds per channel for one channel and for batches of 8 and 16
 channels (Lucent batch: `param.image(128, batch=n)` with a sum of `channel("inception4a", i, batch=i)`).
+convscope runs twice per setting, `precision="bf16"` (bfloat16 autocast, channels-last) and `precision="float32"`;
+Lucent is float32. The CPU model and its bf16 features are printed and saved with the result. Quality: the bf16
+renders' channel activations, judged by a float32 forward of the plain model, divided by the float32 renders'
+(1.0 = as strong; each render is its own local optimum, so single channels scatter around 1).
 
 Lucent registers forward hooks on every module at every call and never removes them, so each Lucent run gets a
 fresh copy of the model (otherwise it would slow down run after run; that would flatter us).
 
 Noise: with glibc's default malloc, a render step's big temporaries (16 MB at batch 16) are handed back to the OS
-and faulted in again step after step, and what that costs swings from run to run on a shared machine (the same
-`threshold_backward` takes 4 ms in one run and 55 ms in another). It weighs more on the faster tool. To see the
-compute alone, run both tools with a malloc that keeps freed memory, e.g.
+and faulted in again step after step, and what that costs swings from run to run on a shared machine. It weighs
+more on the faster tool. To see the compute alone, run both tools with a malloc that keeps freed memory, e.g.
 `MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=33554432 python -m bench featvis`; `--repeats 2` or more
 gives medians.
 
@@ -32,9 +35,12 @@ import warnings
 
 import torch
 
+from ._cpu import cpu_info, describe
 from ._report import report
 
 LAYER = "inception4a"
+PRECISIONS = ("bf16", "float32")
+TARGETS = {True: 4.0, False: 6.0}  # one channel: x4 Lucent; batches of 8 and 16: x6 per channel
 SIZE = 128
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -68,15 +74,34 @@ def run_lucent(model: torch.nn.Module, channels: list[int], steps: int) -> tuple
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_convscope(model: torch.nn.Module, channels: list[int], steps: int) -> tuple[float, float]:
-    from convscope.featvis import channel, render
+def _spec(model: torch.nn.Module):
     from convscope.models import ModelSpec
 
-    spec = ModelSpec(model, "torchvision:googlenet (random)", 3, (SIZE, SIZE), MEAN, STD)
+    return ModelSpec(model, "torchvision:googlenet (random)", 3, (SIZE, SIZE), MEAN, STD)
+
+
+def run_convscope(model: torch.nn.Module, channels: list[int], steps: int, precision: str
+                  ) -> tuple[float, float, torch.Tensor]:
+    """(wall s, CPU s, images) of one render."""
+    from convscope.featvis import channel, render
+
     start, cpu = time.perf_counter(), time.process_time()
-    render(spec, channel(LAYER, channels if len(channels) > 1 else channels[0]), size=SIZE, steps=steps,
-           param="fourier", optimizer="adam", lr=0.05, transforms="standard", seed=0)
-    return time.perf_counter() - start, time.process_time() - cpu
+    vis = render(_spec(model), channel(LAYER, channels if len(channels) > 1 else channels[0]), size=SIZE,
+                 steps=steps, param="fourier", optimizer="adam", lr=0.05, transforms="standard", seed=0,
+                 precision=precision)
+    assert vis.recipe.params["precision"] == precision
+    return time.perf_counter() - start, time.process_time() - cpu, vis.images
+
+
+def plain_activations(model: torch.nn.Module, images: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """(B,) channel means of `images` (B, 3, H, W) in [0, 1]: a float32 forward of the model as written."""
+    from convscope import accel, hooks
+
+    spec = _spec(model)
+    with accel.plain(), torch.no_grad(), hooks.frozen(model) as net, hooks.capture(net, LAYER, stop=True) as cap:
+        cap.run(spec.normalize(images))
+        acts = cap[LAYER]
+    return acts[torch.arange(len(channels)), torch.tensor(channels)].mean((1, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,40 +120,55 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     steps = args.steps or (16 if args.quick else 256)
     sizes = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 4] if args.quick else [1, 8, 16])
+    cpu = cpu_info()
+    if not args.json:
+        print(describe(cpu), f"| torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
     model = googlenet()
-    # warm up both (first-call allocations, convscope's one full pass per input shape is part of every render)
+    # warm up every tool (first-call allocations, oneDNN primitives, the bf16 check of precision="auto")
     run_lucent(model, [0], 2)
-    run_convscope(model, [0], 2)
+    for precision in PRECISIONS:
+        run_convscope(model, [0], 2, precision)
     rows = []
     for n in sizes:
         channels = list(range(n))
-        ours, theirs = [], []
-        for _ in range(args.repeats):  # interleave, so load changes on a shared machine hit both tools alike
+        theirs, ours = [], {p: [] for p in PRECISIONS}
+        for _ in range(args.repeats):  # interleave, so load changes on a shared machine hit every run alike
             theirs.append(run_lucent(model, channels, steps))
-            ours.append(run_convscope(model, channels, steps))
+            for precision in PRECISIONS:
+                ours[precision].append(run_convscope(model, channels, steps, precision))
         row = {"batch": n, "steps": steps}
         for k, clock in enumerate(("wall", "cpu")):
             lucent_s = statistics.median(t[k] for t in theirs)
-            convscope_s = statistics.median(t[k] for t in ours)
             row[f"lucent_{clock}_s_per_channel"] = lucent_s / n
-            row[f"convscope_{clock}_s_per_channel"] = convscope_s / n
-            row[f"speedup_{clock}"] = lucent_s / convscope_s
+            for precision in PRECISIONS:
+                ours_s = statistics.median(t[k] for t in ours[precision])
+                row[f"{precision}_{clock}_s_per_channel"] = ours_s / n
+                row[f"{precision}_speedup_{clock}"] = lucent_s / ours_s
+            row[f"all_speedups_{clock}"] = {p: [t_l[k] / t_o[k] for t_l, t_o in zip(theirs, ours[p])]
+                                           for p in PRECISIONS}
+        strong = {p: plain_activations(model, ours[p][-1][2], channels) for p in PRECISIONS}
+        ratio = strong["bf16"] / strong["float32"]
+        row["bf16_over_float32_activation"] = {"median": float(ratio.median()), "min": float(ratio.min()),
+                                               "max": float(ratio.max())}
         rows.append(row)
         if not args.json:
-            print(f"batch {n:2d}: " + "   ".join(
-                f"{clock}: lucent {row[f'lucent_{clock}_s_per_channel']:7.3f} s/ch, convscope "
-                f"{row[f'convscope_{clock}_s_per_channel']:7.3f} s/ch, x{row[f'speedup_{clock}']:.2f}"
-                for clock in ("wall", "cpu")), flush=True)
+            print(f"batch {n:2d} (CPU s/channel): lucent {row['lucent_cpu_s_per_channel']:6.2f} | bf16 "
+                  f"{row['bf16_cpu_s_per_channel']:6.2f} x{row['bf16_speedup_cpu']:.2f} | float32 "
+                  f"{row['float32_cpu_s_per_channel']:6.2f} x{row['float32_speedup_cpu']:.2f} | bf16/float32 "
+                  f"activation median {ratio.median():.3f} (min {ratio.min():.3f}, max {ratio.max():.3f})",
+                  flush=True)
     # CPU time (process_time) is the fairer clock on a shared machine: other jobs' load does not count in it
-    # the targets are for full renders: a few steps weigh each render's setup (folding, probes) far more
+    # the targets are for full renders: a few steps weigh each render's setup (probe, folding) far more
     judged = steps >= 256
-    verdict = all(r["speedup_cpu"] >= (2.0 if r["batch"] == 1 else 3.0) for r in rows) if judged else None
-    payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__,
+    verdict = all(r["bf16_speedup_cpu"] >= TARGETS[r["batch"] == 1] for r in rows) if judged else None
+    payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__, "cpu": cpu,
                "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows,
-               "targets": "x2 for one channel, x3 per channel in a batch (CPU time, 256 steps)", "targets_met": verdict}
+               "targets": f"bf16: x{TARGETS[True]:g} for one channel, x{TARGETS[False]:g} per channel in a batch "
+                          "(CPU time, 256 steps)", "targets_met": verdict}
     outcome = ("met" if verdict else "NOT met") if judged else f"not judged ({steps} steps; they are for 256)"
     report("featvis", payload, save=args.save, as_json=args.json,
-           summary=f"targets (x2 single, x3 per channel in a batch; CPU time): {outcome}")
+           summary=f"targets (bf16: x{TARGETS[True]:g} single, x{TARGETS[False]:g} per channel in a batch; CPU "
+                   f"time): {outcome}")
     return 0
 
 

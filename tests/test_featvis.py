@@ -251,8 +251,8 @@ def test_tiled_gradient_equals_the_whole_image_gradient_for_a_local_network():
     spec = spec_of(model)
     objective = custom(["1"], lambda acts: acts["1"].sum((1, 2, 3)), "sum")
     x = torch.rand(2, 3, 32, 48, requires_grad=True)
-    with hooks.frozen(model), hooks.capture(model, ["1"], detach=False) as cap:
-        run = _Runner(spec, objective, cap)
+    with hooks.frozen(spec) as work, hooks.capture(work.module, ["1"], detach=False) as cap:
+        run = _Runner(work, objective, cap)
         whole_v, whole_g = _objective_grad(run, objective, x, None, torch.Generator())
         tiled_v, tiled_g = _objective_grad(run, objective, x, 16, torch.Generator().manual_seed(1))
     torch.testing.assert_close(tiled_v, whole_v)
@@ -318,24 +318,28 @@ def test_auto_defaults_pick_pixels_for_small_images_and_fourier_for_large():
 
 
 def test_batchnorm_folding_keeps_activations_and_leaves_the_model_alone():
-    from convscope._fold import fusions
+    from convscope.accel import fusions, probe
 
     model = tiny()
     with torch.no_grad():
         model[3].running_mean.uniform_(-1, 1)
         model[3].running_var.uniform_(0.5, 2)
     before = copy.deepcopy(model.state_dict())
-    probe = torch.rand(1, 3, 24, 24)
-    replacements = fusions(model, probe, ["7"])
-    assert set(replacements) == {"2", "3"}
-    x = torch.rand(2, 3, 24, 24)
-    with torch.no_grad():
-        plain = model(x)
-        with hooks.swap_modules(model, replacements):
-            folded = model(x)
-    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
-    assert fusions(model, probe, ["2"]) == {}  # the objective reads the conv itself: nothing folded
+    modules = [id(m) for m in model.modules()]
+    x = torch.rand(1, 3, 24, 24)
+    with hooks.frozen(model) as net:
+        replacements = fusions(net, probe(net, x, ["7"]))
+        assert set(replacements) == {"2", "3"}
+        batch = torch.rand(2, 3, 24, 24)
+        with torch.no_grad():
+            plain = net(batch)
+            with hooks.swap_modules(net, replacements):
+                folded = net(batch)
+                assert isinstance(net[3], nn.Identity) and isinstance(model[3], nn.BatchNorm2d)  # the copy only
+        torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+        assert fusions(net, probe(net, x, ["2"])) == {}  # the objective reads the conv itself: nothing folded
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and hooks.hook_count(model) == 0
+    assert [id(m) for m in model.modules()] == modules
 
 
 def test_saved_tensor_bytes_counts_what_autograd_keeps():

@@ -1,4 +1,4 @@
-"""BatchNorm folding for attribution: same maps as the model as written, a model left alone, no stale copies."""
+"""BatchNorm folding (`convscope.accel.fold`): same maps as the model as written, a model left alone, no stale copies."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import convscope.attribution as A
-from convscope import hooks
-from convscope._fold import _CACHE, folded
+from convscope import accel, hooks
+from convscope.accel.fold import _CACHE, folded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,8 +34,9 @@ def test_gradcam_with_folding_equals_the_model_as_written_and_leaves_it_alone():
     x = torch.randn(3, 3, 12, 12)
     before = copy.deepcopy(net.state_dict())
     modules = list(net.modules())
-    with folded(net, x[:1], ["5"]) as pairs:
-        assert pairs == 2 and isinstance(net[1], nn.Identity)  # the folding is really in effect
+    with hooks.frozen(net) as work, folded(work, x[:1], ["5"]) as pairs:
+        assert pairs == 2 and isinstance(work[1], nn.Identity)  # the folding is really in effect, on the copy
+        assert isinstance(net[1], nn.BatchNorm2d)
     fast = A.gradcam(net, x, 1, layer="5")
     with A.no_folding():
         exact = A.gradcam(net, x, 1, layer="5")
@@ -48,8 +49,8 @@ def test_gradcam_with_folding_equals_the_model_as_written_and_leaves_it_alone():
 def test_a_layer_inside_a_pair_is_not_folded_away():
     net = bn_net()
     x = torch.randn(2, 3, 12, 12)
-    with folded(net, x[:1], ["3"]) as pairs:  # the second conv's own output is asked for
-        assert pairs == 1 and isinstance(net[3], nn.Conv2d) and isinstance(net[4], nn.BatchNorm2d)
+    with hooks.frozen(net) as work, folded(work, x[:1], ["3"]) as pairs:  # the second conv's own output is asked for
+        assert pairs == 1 and isinstance(work[3], nn.Conv2d) and isinstance(work[4], nn.BatchNorm2d)
     fast = A.gradcam(net, x, 0, layer="3")
     with A.no_folding():
         exact = A.gradcam(net, x, 0, layer="3")
@@ -75,16 +76,16 @@ def test_fused_copies_are_shared_across_layers_and_reused():
     x = torch.randn(2, 3, 12, 12)
     A.gradcam(net, x, 0, layer="5")
     A.gradcam(net, x, 0, layer="2")
-    _, by_key, made = _CACHE[net]
+    with hooks.frozen(net) as work:  # the pooled working copy the calls used
+        _, by_key, made = _CACHE[work]
     assert len(by_key) == 2 and set(made) == {"0", "3"}  # two layer sets, one fused copy per conv
-    assert by_key[(("2",), (3, 12, 12))]["0"] is made["0"]
+    assert by_key[(("2",), (3, 12, 12), False)]["0"] is made["0"]
 
 
-def test_training_mode_models_and_no_folding_blocks_fold_nothing():
+def test_plain_blocks_fold_nothing():
     net = bn_net().train()
     x = torch.randn(2, 3, 12, 12)
-    with folded(net, x[:1]) as pairs:
-        assert pairs == 0 and isinstance(net[1], nn.BatchNorm2d)
-    net.eval()
-    with A.no_folding(), folded(net, x[:1]) as pairs:
-        assert pairs == 0 and isinstance(net[1], nn.BatchNorm2d)
+    with hooks.frozen(net) as work, accel.plain(), folded(work, x[:1]) as pairs:
+        assert pairs == 0 and isinstance(work[1], nn.BatchNorm2d)
+    assert net.training  # frozen never touched the user's flags
+    assert A.no_folding is accel.plain  # one switch for attribution and feature visualization

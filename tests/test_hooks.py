@@ -75,21 +75,52 @@ def _reference(x: torch.Tensor, model: Tiny) -> dict[str, torch.Tensor]:
     return {"conv1": a, "relu#0": b, "conv2": c, "relu#1": d}
 
 
-def test_frozen_restores_per_module_flags_and_requires_grad():
+def test_frozen_yields_a_frozen_copy_and_never_changes_the_model():
     model = _odd_model()
     before = _state(model)
-    with frozen(model):
-        assert not any(m.training for m in model.modules())
-        assert not any(p.requires_grad for p in model.parameters())
+    with frozen(model) as net:
+        assert net is not model and type(net) is type(model)
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+        _assert_same(model, before)  # during the call, not only after it
+        for mine, theirs in zip(net.parameters(), model.parameters()):
+            assert mine.data_ptr() == theirs.data_ptr()  # shared storage: no memory copied
+        with capture(net, ["conv1"]):
+            assert hook_count(net) > 0 and hook_count(model) == 0
     _assert_same(model, before)
+
+
+def test_frozen_copies_keep_the_users_hooks_tied_modules_and_fresh_weights():
+    model = Tiny().double().eval()
+    model.extra = model.conv1  # the same module at two paths
+    seen = []
+    handle = model.conv2.register_forward_hook(lambda *_: seen.append(1))
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    try:
+        with frozen(model) as net:
+            assert net.extra is net.conv1 and net.conv1 is not model.conv1
+            net(x)
+            assert seen == [1]  # the user's own hook still runs on the copy
+        with torch.no_grad():
+            model.fc.bias.add_(1.0)  # in place: the copy sees it at once
+        with frozen(model) as net:
+            torch.testing.assert_close(net(x), model(x))
+        model.fc = nn.Linear(5, 3).double()  # a new module: the next copy has it
+        with frozen(model) as net:
+            torch.testing.assert_close(net(x), model(x))
+        with frozen(model) as a, frozen(model) as b:
+            assert a is not b  # concurrent calls get their own copies
+    finally:
+        handle.remove()
+    assert hook_count(model) == 0
 
 
 def test_nothing_survives_success_bad_target_or_exploding_forward():
     model = _odd_model()
     before = _state(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    with frozen(model), capture(model, ["conv1", "relu#1"], gradients=True) as cap:
-        model(x).sum().backward()
+    with frozen(model) as net, capture(net, ["conv1", "relu#1"], gradients=True) as cap:
+        net(x).sum().backward()
         assert cap["conv1"].shape == (2, 4, 8, 8)
     _assert_same(model, before)
 
@@ -99,7 +130,7 @@ def test_nothing_survives_success_bad_target_or_exploding_forward():
     _assert_same(model, before)
 
     with pytest.raises(UnitOutOfRangeError, match=r"0\.\.3"):  # out-of-range unit, raised inside the block
-        with frozen(model), capture(model, "conv1") as cap:
+        with frozen(model) as net, capture(net, "conv1") as cap:
             cap.run(x)
             check_unit(parse_unit("conv1:4"), cap["conv1"].shape)
     _assert_same(model, before)
@@ -109,8 +140,8 @@ def test_nothing_survives_success_bad_target_or_exploding_forward():
     exploding.bn.eval()
     state = _state(exploding)
     with pytest.raises(RuntimeError, match="boom"):
-        with frozen(exploding), capture(exploding, ["conv1", "bn"], gradients=True, detach=False):
-            exploding(x)
+        with frozen(exploding) as net, capture(net, ["conv1", "bn"], gradients=True, detach=False):
+            net(x)
     _assert_same(exploding, state)
     with pytest.raises(RuntimeError, match="boom"), record_calls(exploding):
         exploding(x)
@@ -120,12 +151,12 @@ def test_nothing_survives_success_bad_target_or_exploding_forward():
 def test_outputs_identical_before_during_after():
     model = _odd_model()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    with frozen(model):
-        plain = model(x)
-    with frozen(model), capture(model, ["conv1", "relu#0", "relu#1"], detach=False) as cap:
-        during = model(x)
-    with frozen(model):
-        after = model(x)
+    with frozen(model) as net:
+        plain = net(x)
+    with frozen(model) as net, capture(net, ["conv1", "relu#0", "relu#1"], detach=False) as cap:
+        during = net(x)
+    with frozen(model) as net:
+        after = net(x)
     assert torch.equal(plain, during) and torch.equal(plain, after)
     assert hook_count(model) == 0 and cap["conv1"] is not None
 
@@ -146,15 +177,15 @@ def test_inplace_relu_does_not_corrupt_captured_activations(detach):
 def test_captured_gradients_equal_autograd():
     model = Tiny().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    with frozen(model), capture(model, ["conv1", "conv2"], gradients=True) as cap:
-        out = model(x)
+    with frozen(model) as net, capture(net, ["conv1", "conv2"], gradients=True) as cap:
+        out = net(x)
         out[:, 1].sum().backward()
         grads = cap.gradients
     # independent: differentiate the hand-written forward with respect to the same intermediate tensors
-    with frozen(model):
-        a = model.conv1(x).detach().requires_grad_(True)
-        c = model.conv2(torch.relu(model.bn(a)))
-        score = model.fc(model.pool(torch.relu(c)).flatten(1))[:, 1].sum()
+    with frozen(model) as net:
+        a = net.conv1(x).detach().requires_grad_(True)
+        c = net.conv2(torch.relu(net.bn(a)))
+        score = net.fc(net.pool(torch.relu(c)).flatten(1))[:, 1].sum()
         grad_a, grad_c = torch.autograd.grad(score, [a, c])
     torch.testing.assert_close(grads["conv1"], grad_a)
     torch.testing.assert_close(grads["conv2"], grad_c)

@@ -3,34 +3,39 @@
 Every context here undoes what it did in `finally`, so no hook, swapped module, training flag or `requires_grad`
 change survives a call, whether it succeeds, gets a bad target, or the model raises mid-forward.
 
-- `frozen(model)`: eval mode and no parameter gradients, restored on exit.
+- `frozen(model)`: a private working copy of the model (eval mode, no parameter gradients) to run, hook and
+  rewrite for the length of the block; the model itself is never changed.
 - `capture(model, layers)`: record activations (and optionally gradients) of layers by `named_modules()` path;
   a module that runs several times per forward pass is addressed as `name#k`, a module's input (its first
   argument) as `name:input`; `stop=True` skips the rest of the network once every requested layer has run.
 - `swap_modules(model, {path: module})`: temporarily replace submodules.
 - `function_mode(mode)`: run code under a `TorchFunctionMode` (how guided/deconv ReLU rules reach functional ReLUs).
-- `record_calls(model)`: log every module call of a forward pass with its output shape (layer listings).
+- `record_calls(model)`: log every module call of a forward pass with its output shape (layer listings);
+  `record_inputs(model, paths)`: keep the inputs of some modules (probe passes).
 
 TorchScript models allow no hooks and no module swaps (`register_forward_hook is not supported on ScriptModules`,
 for scripted, traced and loaded ones alike; a traced module's submodule hooks would never fire): every context here
 refuses them with one `TorchScriptError` that lists what does work on TorchScript, except a `capture` of no layer
 (a run that reads only the model's output).
 
-This module imports nothing of convscope but `errors`, so everything may build on it.
+This module imports nothing of convscope but `errors` and `_working`, so everything may build on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._working import copyable, working_copy
 from .errors import AmbiguousLayerError, LayerNotFoundError, TorchScriptError, suggest
 
 __all__ = [
@@ -40,10 +45,12 @@ __all__ = [
     "swap_modules",
     "function_mode",
     "get_module",
+    "module_path",
     "split_call",
     "INPUT_SUFFIX",
     "hook_count",
     "record_calls",
+    "record_inputs",
     "saved_tensor_bytes",
 ]
 
@@ -90,11 +97,13 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
-def _module_name(model: nn.Module, module: nn.Module) -> str:
+def module_path(model: nn.Module, module: nn.Module) -> str:
+    """The `named_modules()` path of `module` in `model` (its first path when it is registered twice)."""
     for name, candidate in model.named_modules():
         if candidate is module:
             return name
-    raise LayerNotFoundError(f"the module {type(module).__name__} passed as a layer is not part of the model")
+    raise LayerNotFoundError(f"the {type(module).__name__} module passed as a layer is not part of "
+                             f"{type(model).__name__}")
 
 
 def hook_count(model: nn.Module) -> int:
@@ -113,17 +122,35 @@ def hook_count(model: nn.Module) -> int:
     return total
 
 
-@contextmanager
-def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Eval mode (unless `eval_mode=False`) and `requires_grad=False` on every parameter, restored on exit.
+M = TypeVar("M")
 
-    Gradients then flow to inputs only: no weight gradient is computed or accumulated.
+
+@contextmanager
+def frozen(model: M) -> Iterator[M]:
+    """A private working copy of `model` for the block: eval mode, no parameter requiring grad, the user's model
+    untouched (see `convscope._working`). Work on the YIELDED module: run it, capture from it, swap its modules.
+
+    `model` is an `nn.Module` (yields the copy) or anything with a `module` attribute that `dataclasses.replace`
+    accepts, such as a `ModelSpec` (yields the same spec around the copy). Gradients flow to inputs only: no weight
+    gradient is computed or accumulated, and the user's `requires_grad` flags, training flags, modules and hooks
+    stay as they are, even for another thread using the model at the same time.
+
+    TorchScript modules cannot be copied: for them (and models containing one) the block runs the model itself in
+    eval mode without parameter gradients, and the flags are restored on exit (the old, in-place behaviour).
     """
+    module = model if isinstance(model, nn.Module) else getattr(model, "module", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"frozen() takes an nn.Module or a ModelSpec, got {type(model).__name__}")
+    with (working_copy(module) if copyable(module) else _frozen_in_place(module)) as work:
+        yield work if model is module else dataclasses.replace(model, module=work)  # type: ignore[misc]
+
+
+@contextmanager
+def _frozen_in_place(model: nn.Module) -> Iterator[nn.Module]:
     training = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
     try:
-        if eval_mode:
-            model.eval()
+        model.eval()
         for p in grads:
             p.requires_grad_(False)
         yield model
@@ -242,7 +269,7 @@ def capture(
     if isinstance(model, torch.jit.ScriptModule) and not layers:  # nothing to record: the output needs no hook
         yield Capture(requested=(), model=model, stop=False)
         return
-    names = tuple(n if isinstance(n, str) else _module_name(model, n) for n in layers)
+    names = tuple(n if isinstance(n, str) else module_path(model, n) for n in layers)
     refuse_torchscript(model, f"reading layer {', '.join(repr(n) for n in names)}")
     bases = {}
     for name in names:
@@ -387,6 +414,29 @@ def record_calls(model: nn.Module) -> Iterator[list[tuple[str, torch.Size | None
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
         yield log
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record_inputs(model: nn.Module, paths: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Keep the (single tensor, positional) input of the first call of each module in `paths` made inside the block,
+    detached, under its path; modules called with anything else are left out."""
+    found: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module, args):
+            if name not in found and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                found[name] = args[0].detach()
+
+        return hook
+
+    try:
+        for path in paths:
+            handles.append(get_module(model, path).register_forward_pre_hook(make_hook(path)))
+        yield found
     finally:
         for handle in handles:
             handle.remove()

@@ -1,7 +1,8 @@
 """Addressing layers and units.
 
 A layer is a `named_modules()` path (`"features.28"`, `"layer4.1.conv2"`), optionally with a call index for modules
-that run more than once per forward pass (`"layer1.0.relu#1"`). A unit is `LAYER:CHANNEL` or
+that run more than once per forward pass (`"layer1.0.relu#1"`), or a module of the model; `resolve` turns either
+into a `Layer` value once, at the public entry point. A unit is `LAYER:CHANNEL` or
 `LAYER:CHANNEL@ROW,COL`. Unknown names raise `LayerNotFoundError` naming the closest paths; indices out of range
 raise `UnitOutOfRangeError` naming the valid range.
 """
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from .errors import UnitOutOfRangeError, UnitSyntaxError
-from .hooks import get_module, split_call
+from .hooks import get_module, module_path, split_call
 
-__all__ = ["Unit", "parse_unit", "resolve_layer", "check_unit", "layer_names", "LayerInfo", "list_layers"]
+__all__ = ["Unit", "Layer", "LayerLike", "parse_unit", "resolve", "resolve_layer", "check_unit", "layer_names",
+           "LayerInfo", "list_layers"]
 
 _UNIT = re.compile(r"^(?P<layer>[^:@\s]*?)(?::(?P<ch>-?\d+))?(?:@(?P<row>-?\d+),(?P<col>-?\d+))?$")
 
@@ -70,15 +72,55 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
-    """(path, module) for a path (with optional `#k`) or a module of the model; unknown names raise with suggestions."""
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """A layer resolved once, at a public entry point, and passed down as a value.
+
+    `path` is the `named_modules()` path ("" is the model itself), `call` the call index for a module that runs more
+    than once per forward pass (`None`: its only call), `module` the module of the model it was resolved in. Code
+    below the entry point addresses the layer by `name` (`path` or `path#call`), which works on the frozen working
+    copy too, never by re-parsing the user's string.
+    """
+
+    path: str
+    call: int | None
+    module: nn.Module
+
+    @property
+    def name(self) -> str:
+        return self.path if self.call is None else f"{self.path}#{self.call}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layer) and (self.path, self.call) == (other.path, other.call)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.call))
+
+
+LayerLike = str | nn.Module | Layer
+
+
+def resolve(model: nn.Module, layer: LayerLike) -> Layer:
+    """A `Layer` for a path (with optional `#k`), a module of the model, or a `Layer` (checked against `model`'s
+    paths). Unknown names raise `LayerNotFoundError` with the closest paths; a module that is not part of the model
+    raises it too."""
+    if isinstance(layer, Layer):
+        return Layer(layer.path, layer.call, get_module(model, layer.path))
     if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise UnitSyntaxError(f"the {type(layer).__name__} module passed as a layer is not part of this model")
-    base, _ = split_call(layer)
-    return layer, get_module(model, base)
+        return Layer(module_path(model, layer), None, layer)
+    if not isinstance(layer, str):
+        raise TypeError(f"a layer is a named_modules() path, a module or a Layer, got {type(layer).__name__}")
+    base, call = split_call(layer)
+    return Layer(base, call, get_module(model, base))
+
+
+def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
+    """`(name, module)` of `resolve(model, layer)`, for callers that want the pair."""
+    found = resolve(model, layer)
+    return found.name, found.module
 
 
 def check_unit(unit: Unit, shape: torch.Size | tuple[int, ...]) -> None:

@@ -107,8 +107,8 @@ def _call_names(log: Sequence[tuple[str, Any]]) -> list[tuple[str, str, int, Any
 def module_calls(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str, int, torch.Size | None]]:
     """Run one probe pass (eval, no grad) and return every submodule call as (name, path, k, output shape), in the
     order calls finish; `name` is `path#k` for modules that run more than once, else `path`."""
-    with frozen(module), torch.inference_mode(), record_calls(module) as log:
-        module(example)
+    with frozen(module) as net, torch.inference_mode(), record_calls(net) as log:
+        net(example)
     return _call_names(log)
 
 
@@ -134,8 +134,8 @@ def _select(calls, layers: Sequence[str], module: nn.Module) -> list[str]:
 
 
 def _analytic(module: nn.Module, example: torch.Tensor, calls) -> dict[str, ReceptiveField | Unknown]:
-    with frozen(module), torch.inference_mode():
-        traced = trace_fields(module, example)
+    with frozen(module) as net, torch.inference_mode():
+        traced = trace_fields(net, example)
     expected = Counter(path for _, path, _, _ in calls)
     found = Counter(path for path, _ in traced)
     states: dict[tuple[str, int], Any] = {}
@@ -190,8 +190,8 @@ def _measure(module: nn.Module, example: torch.Tensor, calls, names: Sequence[st
     x = torch.cat([base] + [base[:1]] * len(spatial)).to(example.device).requires_grad_(True)
     slices = [slice(0, samples)] + [slice(samples + a, samples + a + 1) for a in range(len(spatial))]
     out: dict[str, ReceptiveField] = {}
-    with frozen(work), capture(work, names, detach=False) as cap:
-        work(x)
+    with frozen(work) as net, capture(net, names, detach=False) as cap:
+        net(x)
         for name in names:
             y = cap[name]
             if not y.requires_grad:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OptionError
+from .switch import enabled
 
 __all__ = ["PRECISIONS", "Precision", "Resolved", "resolve_precision", "network_precision", "bf16_speedup",
            "AUTO_MIN_SPEEDUP"]
@@ -81,12 +82,12 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", dtype:
     """`"auto"` / `"float32"` / `"bf16"` -> what will run on `device` for a model of `dtype`.
 
     Explicit `"bf16"` is honoured (also where it is slower); `"auto"` means bf16 only for float32 models on a device
-    where it is measurably faster. Anything else raises `OptionError`.
+    where it is measurably faster, and float32 inside `accel.plain()`. Anything else raises `OptionError`.
     """
     if precision not in PRECISIONS:
         raise OptionError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if dtype != torch.float32:
+        if dtype != torch.float32 or not enabled():
             return "float32"
         return "bf16" if bf16_speedup(device) >= AUTO_MIN_SPEEDUP else "float32"
     return precision  # type: ignore[return-value]

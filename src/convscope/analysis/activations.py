@@ -147,7 +147,7 @@ def activations(model: ModelSpec | nn.Module | str, image: ImageLike, layer: str
     spec = load(model)
     name, _ = resolve_layer(spec.module, layer)
     x, description = as_model_input(spec, image)
-    with frozen(spec.module), torch.inference_mode(), capture(spec.module, name, stop=True) as cap:
+    with frozen(spec.module) as net, torch.inference_mode(), capture(net, name, stop=True) as cap:
         with spec.size_errors(x, "the input"):
             cap.run(x)
         output = cap[name]

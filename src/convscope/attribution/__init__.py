@@ -14,8 +14,9 @@ Methods: `saliency`, `deconvnet`, `guided_backprop`, `gradcam`, `guided_gradcam`
 deletion/insertion curves and the model-randomization sanity check.
 
 Grad-CAM and the deletion/insertion scores run the network with its eval-mode BatchNorms folded into the
-convolutions (cached per model while its weights are unchanged; ~1e-7 relative difference in float32). Inside
-`with no_folding():` every method runs the model exactly as written.
+convolutions of a private working copy (cached while the weights are unchanged; ~1e-7 relative difference in
+float32). Inside `with no_folding():` (the same switch as `convscope.accel.plain()`) every method runs the model
+exactly as written.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import evaluate
-from .._fold import no_folding
+from ..accel import plain as no_folding
 from ._core import Attribution, Target
 from ._rules import Rectifiers
 from .cam import default_layer, gradcam, guided_gradcam

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
-from .._fold import folded
+from ..accel.fold import folded
 from ..hooks import capture, frozen
 from ..layers import Unit, check_unit, parse_unit
 from ..models import ModelSpec, load
@@ -51,17 +51,18 @@ def check_inputs(spec: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def running(spec: ModelSpec, inputs: torch.Tensor, target: "ResolvedTarget",
-            layers: Sequence[str] = ()) -> Iterator[None]:
-    """The block runs `spec.module` frozen (eval mode, no weight gradients; restored on exit) with its eval-mode
-    BatchNorms folded into the convolutions before them (`convscope._fold`; not around the target's layer or
-    `layers`, whose outputs must stay those of the model as written). `inputs` (B, C, H, W) sets the input size.
+            layers: Sequence[str] = ()) -> Iterator[ModelSpec]:
+    """Yields `spec` around a frozen working copy of its module (eval mode, no weight gradients; the user's model is
+    not touched, see `hooks.frozen`) with its eval-mode BatchNorms folded into the convolutions before them
+    (`convscope.accel.fold`; not around the target's layer or `layers`, whose outputs must stay those of the model
+    as written). `inputs` (B, C, H, W) sets the input size. Run the YIELDED spec.
 
     For forward passes and gradients at a layer (Grad-CAM, deletion/insertion scores). Gradients with respect to
     the input do not use it: folding changes float32 rounding by ~1e-7, and where a max-pool's window holds near-equal
     values that can move its argmax, so the input gradient at a few pixels would differ from the model as written."""
     keep = [*layers, *([target.layer] if target.layer is not None else [])]
-    with frozen(spec.module), folded(spec.module, inputs[:1], keep):
-        yield
+    with frozen(spec) as work, folded(work.module, inputs[:1], keep):
+        yield work
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ def resolve_target(spec: ModelSpec, target: Target, inputs: torch.Tensor, *, pre
     if target is None and not predict:
         return ResolvedTarget("predicted class", _predicted_score(spec), predicted=True)
     if target is None:
-        with torch.inference_mode():
-            output = spec.run(inputs)
+        with frozen(spec) as work, torch.inference_mode():
+            output = work.run(inputs)
         if output.ndim != 2:
             raise TargetError(f"model {spec.name!r} output {tuple(output.shape)} has no classes; give a target")
         classes = output.argmax(1)

@@ -78,8 +78,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _layers_top_down(module: nn.Module, x: torch.Tensor) -> list[str]:
     """Paths of modules owning parameters, in reverse order of their first call in a forward pass."""
-    with frozen(module), torch.inference_mode(), record_calls(module) as calls:
-        module(x[:1])
+    with frozen(module) as net, torch.inference_mode(), record_calls(net) as calls:
+        net(x[:1])
     owners = {name for name, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))}
     order = list(dict.fromkeys(name for name, _ in calls if name in owners))
     return order[::-1]

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TargetError
-from ..hooks import frozen, function_mode, record_calls, split_call
+from ..hooks import frozen, function_mode, record_calls
+from ..layers import resolve
 from ..models import ModelSpec
 from ._core import Attribution, Target, abs_max, as_spec, check_inputs, forward_target, make_attribution, \
     resolve_target, running
@@ -39,8 +40,8 @@ def default_layer(model: ModelSpec | nn.Module | str, inputs: torch.Tensor) -> s
     key = tuple(inputs.shape[1:])
     known = _DEFAULT_LAYERS.setdefault(spec.module, {})
     if key not in known:
-        with frozen(spec.module), torch.inference_mode(), record_calls(spec.module) as calls:
-            spec.module(inputs[:1])
+        with frozen(spec.module) as net, torch.inference_mode(), record_calls(net) as calls:
+            net(inputs[:1])
         seen: dict[str, int] = {}
         best = None
         for name, shape in calls:
@@ -121,8 +122,8 @@ def gradcam(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target: Ta
     x = check_inputs(spec, inputs)
     name = _layer_name(spec, layer, x)
     resolved = resolve_target(spec, target, x, predict=False)
-    with running(spec, x, resolved, [name]):
-        cam, _, scores, classes = _gradcam_pass(spec, x, resolved, name, relu, False, "all")
+    with running(spec, x, resolved, [name]) as work:
+        cam, _, scores, classes = _gradcam_pass(work, x, resolved, name, relu, False, "all")
     up = _upsample(cam, x.shape[2:], upsample)
     return make_attribution(spec, "gradcam", attributions=up, map=up[:, 0], inputs=x, scores=scores, classes=classes,
                             target=target, params={"layer": name, "relu": relu, "upsample": upsample},
@@ -144,8 +145,8 @@ def guided_gradcam(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, tar
     resolved = resolve_target(spec, target, x, predict=False)
     # The guided backward runs to the input through max-pools, whose argmax a float32 rounding change (folding)
     # can flip on near-ties: run the model as written, as for saliency and guided backprop.
-    with frozen(spec.module):
-        cam, guided, scores, classes = _gradcam_pass(spec, x, resolved, name, True, True, rectifiers)
+    with frozen(spec) as work:
+        cam, guided, scores, classes = _gradcam_pass(work, x, resolved, name, True, True, rectifiers)
     attributions = guided * _upsample(cam, x.shape[2:], upsample)
     return make_attribution(spec, "guided-gradcam", attributions=attributions, map=abs_max(attributions), inputs=x,
                             scores=scores, classes=classes, target=target,
@@ -156,10 +157,4 @@ def guided_gradcam(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, tar
 def _layer_name(spec: ModelSpec, layer: str | nn.Module | None, x: torch.Tensor) -> str:
     if layer is None:
         return default_layer(spec, x)
-    if isinstance(layer, nn.Module):
-        for path, module in spec.module.named_modules():
-            if module is layer:
-                return path
-        raise TargetError(f"the {type(layer).__name__} module passed as layer is not part of {spec.name!r}")
-    split_call(layer)  # validates a '#k' suffix
-    return layer
+    return resolve(spec.module, layer).name

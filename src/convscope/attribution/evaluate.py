@@ -149,13 +149,13 @@ def _curves(kind: str, model: ModelSpec | nn.Module | str, attribution: Attribut
     counts = (torch.arange(steps + 1, device=x.device) * pixels + steps // 2) // steps
     total = batch * (steps + 1)
     curves = torch.empty(total, dtype=torch.float64, device=x.device)
-    with running(spec, x, resolved), torch.inference_mode():
+    with running(spec, x, resolved) as work, torch.inference_mode():
         for first in range(0, total, batch_size):
             flat = torch.arange(first, min(first + batch_size, total), device=x.device)
             b, k = flat // (steps + 1), flat % (steps + 1)
             changed = (rank[b] < counts[k].view(-1, 1)).view(-1, 1, *x.shape[2:])
             perturbed = torch.where(changed, end[b], begin[b])
-            curves[flat] = _scores(spec, perturbed, select_target(spec, resolved, b), probability).double()
+            curves[flat] = _scores(work, perturbed, select_target(spec, resolved, b), probability).double()
     curves = curves.view(batch, steps + 1).cpu()
     auc = (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * steps)
     score = ("probability" if probability else "logit") if resolved.classes is not None else "score"

@@ -26,7 +26,7 @@ def input_gradients(spec: ModelSpec, x: torch.Tensor, target: ResolvedTarget, *,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """d score / d x for a batch x (B, C, H, W), with rectifier rule `rule` (None: the true gradient).
 
-    Returns (gradients (B, C, H, W), scores (B,), classes (B,) or None). Call inside `frozen(spec.module)`.
+    Returns (gradients (B, C, H, W), scores (B,), classes (B,) or None). Call with the spec that `frozen(spec)` yields.
     Only the returned tensors survive: the graph is freed before returning.
     """
     x = x.detach().requires_grad_(True)
@@ -45,8 +45,8 @@ def _run(method: str, model: ModelSpec | nn.Module | str, inputs: torch.Tensor, 
     spec = as_spec(model)
     x = check_inputs(spec, inputs)
     resolved = resolve_target(spec, target, x, predict=False)
-    with frozen(spec.module):
-        grads, scores, classes = input_gradients(spec, x, resolved, rule=rule, rectifiers=rectifiers, method=method)
+    with frozen(spec) as work:
+        grads, scores, classes = input_gradients(work, x, resolved, rule=rule, rectifiers=rectifiers, method=method)
     params = {} if rule is None else {"rectifiers": rectifiers}
     return make_attribution(spec, method, attributions=grads, map=abs_max(grads), inputs=x, scores=scores,
                             classes=classes, target=target, params=params)

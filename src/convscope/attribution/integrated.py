@@ -94,15 +94,15 @@ def integrated_gradients(model: ModelSpec | nn.Module | str, inputs: torch.Tenso
     alpha_t = torch.as_tensor(alphas, device=x.device, dtype=x.dtype)
     weight_t = torch.as_tensor(weights, device=x.device, dtype=x.dtype)
     difference = x - base
-    with frozen(spec.module):
-        scores, classes, resolved = clean_pass(spec, x, resolved)
-        baseline_scores, _, _ = clean_pass(spec, base, resolved)
+    with frozen(spec) as work:
+        scores, classes, resolved = clean_pass(work, x, resolved)
+        baseline_scores, _, _ = clean_pass(work, base, resolved)
         total = torch.zeros_like(x)
         for start in range(0, total_count, chunk):
             flat = torch.arange(start, min(start + chunk, total_count), device=x.device)
             j, b = flat // batch, flat % batch  # step-major order
             points = base[b] + alpha_t[j].view(-1, 1, 1, 1) * difference[b]
-            grads, _, _ = input_gradients(spec, points, select_target(spec, resolved, b))
+            grads, _, _ = input_gradients(work, points, select_target(spec, resolved, b))
             total.index_add_(0, b, grads * weight_t[j].view(-1, 1, 1, 1))
     attributions = total * difference
     delta = attributions.flatten(1).sum(1) - (scores - baseline_scores)

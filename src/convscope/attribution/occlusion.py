@@ -196,8 +196,7 @@ def occlusion(
             raise TargetError("give either target or unit, not both")
         target = parse_unit(unit)
     windows, n_rows, n_cols = window_grid(size, window, stride)  # type: ignore[arg-type]
-    module = spec.module
-    with frozen(module), torch.inference_mode():
+    with frozen(spec.module) as module, torch.inference_mode():
         resolved = resolve_target(spec, target, x)
         scorer = _scorer(spec, resolved, score)
         layer = str(resolved.unit.layer) if resolved.unit is not None else None

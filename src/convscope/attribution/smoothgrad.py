@@ -73,8 +73,8 @@ def smoothgrad(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target:
     step = total_count if batch_size is None else int(batch_size)
     if step < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
-    with frozen(spec.module):
-        scores, classes, resolved = clean_pass(spec, x, resolved)
+    with frozen(spec) as work:
+        scores, classes, resolved = clean_pass(work, x, resolved)
         total = torch.zeros_like(x)
         for start in range(0, total_count, step):
             flat = torch.arange(start, min(start + step, total_count), device=x.device)
@@ -83,7 +83,7 @@ def smoothgrad(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target:
                 noisy = x[b] + noise[b, s]
             else:
                 noisy = x[b] + sigma[b].view(-1, 1, 1, 1) * noise[s]
-            grads, _, _ = input_gradients(spec, noisy, select_target(spec, resolved, b))
+            grads, _, _ = input_gradients(work, noisy, select_target(spec, resolved, b))
             total.index_add_(0, b, grads)
     mean = total / samples
     params = {"samples": samples, "batch_size": batch_size,

@@ -112,8 +112,8 @@ def _probabilities(spec, x):
 
     from ..hooks import frozen
 
-    with frozen(spec.module), torch.inference_mode():
-        output = spec.module(x)
+    with frozen(spec.module) as net, torch.inference_mode():
+        output = net(x)
     return output.softmax(1) if output.ndim == 2 else None
 
 

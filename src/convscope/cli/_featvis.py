@@ -44,6 +44,14 @@ def _progress(label: str):
     return bar, update
 
 
+def add_precision(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """`--precision auto|float32|bf16` (see `convscope.accel`)."""
+    parser.add_argument("--precision", choices=("auto", "float32", "bf16"), default=default,
+                        help=f"what the network runs in (default {default}): bf16 = bfloat16 autocast, channels-last; "
+                             "auto = bf16 where a short measured check finds it faster for this network; the image "
+                             "and optimizer stay float32")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     vis = sub.add_parser("visualize", help="synthesize the image a unit, channel or layer responds to most",
                          description="Feature visualization: gradient ascent from noise (or --init IMAGE) in a "
@@ -73,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.add_argument("--batch", type=int, default=None, help="units per optimization run (default: all)")
     vis.add_argument("--memory-budget", default=None, help="e.g. 2GB: choose the batch size to fit")
     vis.add_argument("--columns", type=int, default=None, help="grid columns")
+    add_precision(vis)
     add_output(vis, "visualize.png", "print the activations and the recipe as JSON")
     vis.set_defaults(handler=run_visualize)
 
@@ -94,6 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cm.add_argument("--size", default=None, help="image size (default: the model's input size)")
     cm.add_argument("--octaves", type=int, default=1)
     cm.add_argument("--outscale", type=float, default=1.0)
+    add_precision(cm)
     add_output(cm, "class-model.png", "print the activations and the recipe as JSON")
     cm.set_defaults(handler=run_class_model)
 
@@ -110,6 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dr.add_argument("--levels", type=int, default=4, help="Laplacian pyramid levels (default 4)")
     dr.add_argument("--tile", type=int, default=None, help="tile size (default 2x the model's input size)")
     dr.add_argument("--size", default=None, help="resize the photo first: 512 or HxW")
+    add_precision(dr)
     add_output(dr, "dream.png", "print the activations and the recipe as JSON")
     dr.set_defaults(handler=run_dream)
 
@@ -162,7 +173,7 @@ def run_visualize(args: argparse.Namespace) -> int:
                      lr=args.lr, transforms=None if args.transforms == "none" else args.transforms,
                      regularizers=sharpness(args.sharpness) if args.sharpness is not None else (),
                      octaves=args.octaves, outscale=args.outscale, init=args.init, seed=args.seed, batch=args.batch,
-                     memory_budget=args.memory_budget, progress=update)
+                     memory_budget=args.memory_budget, precision=args.precision, progress=update)
     path = vis.save(args.output, columns=args.columns)  # captioned as the API's save(), one unit or many
     if args.json:
         print_json(_report(vis, path, {"model": spec.name, "layer": args.layer, "objective": str(objective)}))
@@ -184,7 +195,7 @@ def run_class_model(args: argparse.Namespace) -> int:
         vis = class_model(spec, targets if len(targets) > 1 else targets[0], penalty=args.penalty,
                           weight=args.weight, init=args.init, data=args.data, steps=args.steps, param=args.param,
                           optimizer=args.optimizer, lr=args.lr, size=size, octaves=args.octaves,
-                          outscale=args.outscale, seed=args.seed, progress=update)
+                          outscale=args.outscale, seed=args.seed, precision=args.precision, progress=update)
     vis = _named(vis, spec)
     path = vis.save(args.output)
     if args.json:
@@ -212,9 +223,9 @@ def run_dream(args: argparse.Namespace) -> int:
     check_fits(spec, size or spec.input_size, network=False)  # the network sees tiles; the photo is kept whole
     bar, update = _progress("dream")
     with bar:
-        vis = dream(spec, args.image, layer_name=args.layer, objective=objective, octaves=args.octaves,
+        vis = dream(spec, args.image, layer=args.layer, objective=objective, octaves=args.octaves,
                     steps=args.steps, lr=args.lr, levels=args.levels, tile=args.tile, size=size,
-                    seed=args.seed, progress=update)
+                    seed=args.seed, precision=args.precision, progress=update)
     path = vis.save(args.output, labels=False)
     if args.json:
         print_json(_report(vis, path, {"model": spec.name, "layer": args.layer, "image": args.image}))

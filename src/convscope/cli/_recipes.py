@@ -7,6 +7,7 @@ from fractions import Fraction
 
 from ..errors import OptionError
 from ._common import add_model_args, add_output, device, load_spec, print_json, progress, step_progress
+from ._featvis import add_precision
 
 
 def _fraction(text: str) -> float:
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     invert.add_argument("--beta", type=float, default=2.0, help="TV exponent (default 2)")
     invert.add_argument("--jitter", type=int, default=0, help="random shift in pixels per step (default 0)")
     invert.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    add_precision(invert)
     add_output(invert, "inversion.png")
     invert.set_defaults(handler=run_invert)
 
@@ -54,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     adv.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     adv.add_argument("--step-size", type=_fraction, default=None, help="PGD step (default 2.5 * eps / steps)")
     adv.add_argument("--no-random-start", action="store_true", help="PGD starts at the image, not a random point")
+    add_precision(adv, "float32")
     add_output(adv, "adversarial.png")
     adv.set_defaults(handler=run_adversarial)
 
@@ -74,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                   "channel (default: 12 from 64 px up, every pixel "
                                                                   "below; 0 = every pixel)")
     inv.add_argument("--points", type=int, default=5, help="images per strip (default 5)")
+    add_precision(inv)
     add_output(inv, "invariances.png")
     inv.set_defaults(handler=run_invariances)
 
@@ -89,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evo.add_argument("--param", choices=("fourier", "pixel"), default="fourier", help="default fourier")
     evo.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate (small inputs "
                                                                    "like 28x28 often render better without)")
+    add_precision(evo)
     add_output(evo, "evolution.png")
     evo.set_defaults(handler=run_evolution)
 
@@ -99,8 +104,8 @@ def run_invert(args: argparse.Namespace) -> int:
     spec = load_spec(args)
     with progress("inverting", total=args.steps) as bar:
         task = bar.add_task("inverting", total=args.steps)
-        result = invert(spec, args.image, args.layer, steps=args.steps, tv=args.tv, beta=args.beta,
-                        jitter=args.jitter, lr=args.lr, seed=args.seed,
+        result = invert(spec, args.image, layer=args.layer, steps=args.steps, tv=args.tv, beta=args.beta,
+                        jitter=args.jitter, lr=args.lr, seed=args.seed, precision=args.precision,
                         progress=lambda done, total: bar.update(task, completed=done))
     path = result.save(args.output)
     if args.json:
@@ -119,7 +124,7 @@ def run_adversarial(args: argparse.Namespace) -> int:
     with progress(args.method) as bar:
         result = adversarial(spec, args.image, args.target, eps=args.eps, method=args.method, steps=args.steps,
                              step_size=args.step_size, random_start=not args.no_random_start, seed=args.seed,
-                             progress=step_progress(bar, args.method))
+                             precision=args.precision, progress=step_progress(bar, args.method))
     path = result.save(args.output)
     before, after = result.predictions(top=3)[0], result.predictions(after=True, top=3)[0]
     if args.json:
@@ -144,7 +149,7 @@ def run_invariances(args: argparse.Namespace) -> int:
         result = invariances(spec, _unit(args), k=args.k, steps=args.steps, iterations=args.iterations,
                              beta=args.beta, radius=args.radius, points=args.points, seed=args.seed,
                              resolution="auto" if args.resolution is None else args.resolution or None,
-                             progress=step_progress(bar, "render, then Hessian"))
+                             precision=args.precision, progress=step_progress(bar, "render, then Hessian"))
     path = result.save(args.output)
     change = result.change()
     if args.json:
@@ -168,7 +173,8 @@ def run_evolution(args: argparse.Namespace) -> int:
         task = bar.add_task("checkpoints", total=n)
         result = evolution(args.checkpoints, _unit(args), seed=args.seed, steps=args.steps, arch=args.arch,
                            device=device(args), progress=lambda done, total: bar.update(task, completed=done),
-                           param=args.param, **({"transforms": None} if args.no_transforms else {}))
+                           param=args.param, precision=args.precision,
+                           **({"transforms": None} if args.no_transforms else {}))
     path = result.save(args.output)
     if args.json:
         print_json({"output": str(path), "labels": result.labels, "values": result.values.tolist(),

@@ -1,4 +1,6 @@
-"""One step's forward and backward: the frozen model run up to the objective's layers, whole or tile by tile."""
+"""One step's forward and backward: the frozen working copy run up to the objective's layers, whole or tile by tile,
+in the render's precision (bf16 autocast or float32); activations come back in the model's dtype (float32), so the
+objective, the gradient handed to the parameterization and everything after it stay float32."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 import torch
 
 from .. import hooks
+from ..accel import Resolved, network_precision
 from ..models import ModelSpec
 from .objectives import OUTPUT, Objective
 
@@ -14,24 +17,28 @@ __all__ = ["_Runner", "_objective_grad", "_asleep", "_tiles"]
 
 
 class _Runner:
-    """Runs the frozen model up to the objective's layers and returns `{layer: activation}`."""
+    """Runs the frozen working copy (`spec.module`, captured by `cap`) up to the objective's layers in `precision`
+    and returns `{layer: activation}` in the model's dtype."""
 
-    def __init__(self, spec: ModelSpec, objective: Objective, cap: hooks.Capture):
-        self.spec, self.objective, self.cap = spec, objective, cap
+    def __init__(self, spec: ModelSpec, objective: Objective, cap: hooks.Capture, precision: Resolved = "float32"):
+        self.spec, self.objective, self.cap, self.precision = spec, objective, cap, precision
         self.needs_output = OUTPUT in objective.layers
 
-    def acts(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def acts(self, pixels: torch.Tensor, precision: Resolved | None = None) -> dict[str, torch.Tensor]:
         x = self.spec.normalize(pixels)
         if x.ndim == 4:  # oneDNN's channels-last kernels (conv, pooling) are much faster on CPU; values unchanged
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.cap.run(x)
-        acts = dict(self.cap.activations) if self.cap.requested else {}
+        with network_precision(precision or self.precision, x.device):
+            out = self.cap.run(x)
+            acts = dict(self.cap.activations) if self.cap.requested else {}
         if self.needs_output:
             acts[OUTPUT] = out
-        return acts
+        dtype = self.spec.dtype
+        return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in acts.items()}
 
-    def values(self, objective: Objective, pixels: torch.Tensor) -> torch.Tensor:
-        return objective(self.acts(pixels))
+    def values(self, objective: Objective, pixels: torch.Tensor, precision: Resolved | None = None) -> torch.Tensor:
+        """(B,) objective values of `pixels` (B, C, H, W) in `precision` (default: the runner's)."""
+        return objective(self.acts(pixels, precision))
 
 
 def _tiles(length: int, tile: int) -> list[int]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..accel import Precision, network_precision, resolve_precision
 from ..errors import OptionError, TargetError
 from ..hooks import frozen
 from ..models import ModelSpec, load
@@ -145,6 +146,7 @@ def adversarial(
     random_start: bool = True,
     label: ClassLike | Sequence[ClassLike] | torch.Tensor | None = None,
     seed: int = 0,
+    precision: Precision = "float32",
     progress: Callable[[int, int], None] | None = None,
 ) -> Adversarial:
     """Find a perturbation of L-inf size <= `eps` that changes the model's decision.
@@ -160,6 +162,9 @@ def adversarial(
         random_start: PGD starts from a uniform random point of the eps-ball drawn with `seed`.
         label: the true class for untargeted attacks (default: the model's prediction on the clean image).
         seed: seeds PGD's random start (a local `torch.Generator`).
+        precision: what the attack's gradient passes run in: "float32" (default: an attack is judged by the
+            model as written), "bf16" or "auto" (see `convscope.accel`); the clean and final predictions are always
+            float32.
         progress: called as `progress(done, total)` after every gradient step (FGSM: one).
     """
     spec = load(model)
@@ -170,11 +175,12 @@ def adversarial(
     if step_size is None:
         step_size = 2.5 * eps / steps
     check_option("step_size", step_size, low=0)
+    ran = resolve_precision(precision, spec.device, spec.dtype)
     original = as_pixels(spec, image)
     batch = original.shape[0]
-    with frozen(spec.module):
+    with frozen(spec.module) as net:
         with torch.no_grad():
-            logits = spec.module(spec.normalize(original))
+            logits = net(spec.normalize(original))
         if logits.ndim != 2:
             raise TargetError(f"model {spec.name!r} outputs {tuple(logits.shape)}, not class logits (B, K)")
         n_classes = logits.shape[1]
@@ -185,7 +191,9 @@ def adversarial(
 
         def loss_and_grad(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             pixels = pixels.detach().requires_grad_(True)
-            loss = F.cross_entropy(spec.module(spec.normalize(pixels)), classes, reduction="sum")
+            with network_precision(ran, pixels.device):
+                out = net(spec.normalize(pixels))
+            loss = F.cross_entropy(out.to(pixels.dtype), classes, reduction="sum")
             (grad,) = torch.autograd.grad(loss, pixels)
             return loss.detach() / batch, grad
 
@@ -212,7 +220,7 @@ def adversarial(
                 if progress is not None:
                     progress(step + 1, steps)
         with torch.no_grad():
-            after = spec.module(spec.normalize(attacked))
+            after = net(spec.normalize(attacked))
             trace.append(F.cross_entropy(after, classes))
     new = after.argmax(1)
     success = new != true if goal is None else new == goal
@@ -223,7 +231,7 @@ def adversarial(
                 "step_size": eps if method == "fgsm" else step_size,
                 "random_start": bool(random_start and method == "pgd"), "seed": seed,
                 "target": None if goal is None else goal.tolist(), "label": true.tolist(),
-                "success": success.tolist(), "space": "pixels [0, 1], L-inf"},
+                "success": success.tolist(), "space": "pixels [0, 1], L-inf", "precision": ran},
     )
     return Adversarial(
         original=original.detach().clone(),

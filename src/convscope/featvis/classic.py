@@ -14,12 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import warnings
+
 import torch
 from torch import nn
 
+from ..accel import Precision
 from ..errors import DatasetError, OptionError
+from ..layers import LayerLike
 from ..models import ModelSpec, load
-from .objectives import Objective, class_logit, layer
+from .objectives import Objective, class_logit
+from .objectives import layer as layer_l2
 from .regularizers import L1, L2, Blur, Penalty, Projection
 from .render import Init, render
 from .result import Visualization
@@ -67,6 +72,7 @@ def class_model(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     display: Literal["auto", "stretch", "none"] = "auto",
+    precision: Precision = "auto",
 ) -> Visualization:
     """Simonyan et al.'s class model: the image maximizing the class score minus `weight * ||I - mean||^2`
     (or the L1 norm).
@@ -87,6 +93,7 @@ def class_model(
             "stretch" contrast-stretches each image around its mean (`render.core.normalize`), as Simonyan et al.
             display their class models; "auto" (default) stretches for the paper's `param="pixel",
             optimizer="ascent"`, whose small steps and L2 penalty keep the image within a few percent of grey.
+        precision: what the network runs in ("auto", "float32", "bf16"; see `featvis.render`).
     """
     spec = model if isinstance(model, ModelSpec) else load(model)
     if display not in ("auto", "stretch", "none"):
@@ -113,7 +120,7 @@ def class_model(
         transforms = "auto" if param == "fourier" else Transforms([jitter(max(1, min(spec.input_size) // 28))])
     vis = render(spec, objective, param=param, size=size, steps=steps, optimizer=optimizer, lr=lr,
                  transforms=transforms, regularizers=regs, octaves=octaves, outscale=outscale, init=init, seed=seed,
-                 batch=len(targets) if len(targets) > 1 else None, progress=progress)
+                 batch=len(targets) if len(targets) > 1 else None, precision=precision, progress=progress)
     if display == "auto":  # plain ascent on pixels moves them little from the start: stretch, as the paper shows them
         display = "stretch" if param == "pixel" and optimizer == "ascent" else "none"
     return replace(vis, recipe=replace(vis.recipe, params={**vis.recipe.params, "display": display}))
@@ -123,7 +130,7 @@ def dream(
     model: ModelSpec | nn.Module | str,
     image: str | Path | torch.Tensor,
     *,
-    layer_name: str | None = None,
+    layer: LayerLike | None = None,
     objective: Objective | None = None,
     octaves: int = 4,
     steps: int = 10,
@@ -133,25 +140,32 @@ def dream(
     tile: int | None = None,
     size: int | tuple[int, int] | None = None,
     seed: int = 0,
+    precision: Precision = "auto",
     progress: Callable[[int, int], None] | None = None,
+    layer_name: str | None = None,
 ) -> Visualization:
-    """DeepDream: make a photo show more of what `layer_name` (or `objective`) sees in it.
+    """DeepDream: make a photo show more of what `layer` (or `objective`) sees in it.
 
     Args:
         image: a path or pixels (C, H, W) in [0, 1]; the result has its size (or `size`).
-        layer_name / objective: maximize the mean squared activation of this layer (DeepDream), or any objective.
+        layer / objective: maximize the mean squared activation of this layer (a path, module or `Layer`;
+            DeepDream), or any objective. `layer_name=` is the old name of `layer=` (deprecated).
         octaves: scales from 1 / 1.4^(octaves - 1) of the size up to the full size, `steps` steps each.
         lr: step of the Laplacian-normalized gradient (default 0.002 of the pixel range: the photo stays visible);
             `levels` pyramid bands.
         tile: optimize tiles of this many pixels (default twice the network's input size) with a random roll
             each step, so large photos fit in memory.
+        precision: what the network runs in ("auto", "float32", "bf16"; see `featvis.render`).
     """
     spec = model if isinstance(model, ModelSpec) else load(model)
+    if layer_name is not None:
+        warnings.warn("dream(layer_name=...) is now dream(layer=...)", DeprecationWarning, stacklevel=2)
+        layer = layer_name if layer is None else layer
     if objective is None:
-        if layer_name is None:
-            raise ValueError("dream needs layer_name= or objective=")
-        objective = layer(layer_name)
+        if layer is None:
+            raise ValueError("dream needs layer= or objective=")
+        objective = layer_l2(layer)
     tile = tile or 2 * max(spec.input_size)
     return render(spec, objective, param="pixel", size=size, steps=steps, optimizer="laplacian", lr=lr,
                   levels=levels, transforms=Transforms([jitter(jitter_pixels)]) if jitter_pixels else None,
-                  octaves=octaves, init=image, seed=seed, tile=tile, progress=progress)
+                  octaves=octaves, init=image, seed=seed, tile=tile, precision=precision, progress=progress)

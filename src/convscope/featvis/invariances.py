@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..accel import Precision
 from ..errors import InputShapeError, OptionError, UnitSyntaxError
 from ..hooks import capture, frozen, function_mode
 from ..layers import Unit, parse_unit
@@ -146,13 +147,13 @@ def _orthonormal(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
     return basis
 
 
-def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int, options: dict[str, Any]
-                    ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+def _render_optimum(spec: ModelSpec, unit: Unit, steps: int, seed: int, precision: Precision,
+                    options: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     from .render import render
 
     # No random transforms by default: the Hessian is taken at an optimum of the plain objective, not of its
     # average over jitter/scale/rotation (which, on small inputs, can sit far from any optimum of the plain one).
-    vis = render(spec, str(unit), steps=steps, seed=seed, **{"transforms": None, **options})
+    vis = render(spec, str(unit), steps=steps, seed=seed, precision=precision, **{"transforms": None, **options})
     return vis.images[:1].detach(), vis.recipe.params, vis.trace[:, 0].detach().cpu()
 
 
@@ -171,6 +172,7 @@ def invariances(
     margin: float = 0.02,
     resolution: int | None | str = "auto",
     seed: int = 0,
+    precision: Precision = "auto",
     render_options: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Invariances:
@@ -202,6 +204,9 @@ def invariances(
             (MobileNetV2 features.10:7 at radius 0.03: activation changes 0.27-0.50 along the steepest, 0.09-0.17
             along the flattest).
         seed: seeds the render and the Lanczos start vector (local generators).
+        precision: what the render of the optimum runs in ("auto", "float32", "bf16"; see `featvis.render`). The
+            Hessian, its Lanczos iterations and the activations shown are always float32: second derivatives in
+            bfloat16 would be mostly rounding noise.
         render_options: more `featvis.render` options for the optimum (default: Fourier parameterization and no
             random transforms, `transforms=None`, so the optimum is one of the plain objective).
         progress: called as `progress(done, total)` after every render step and Hessian-vector product.
@@ -219,14 +224,16 @@ def invariances(
     check_option("iterations", iterations, low=2 * k)
     objective = as_objective(str(unit))
     render_params, trace = None, None
-    with frozen(spec.module):
+    user = spec
+    with frozen(user) as spec:  # the working copy; the user's model is not touched
         with torch.no_grad(), capture(spec.module, unit.layer, stop=True) as cap:  # checks layer and unit first
             cap.run(spec.example_input())
             objective.check({unit.layer: cap[unit.layer].shape})
         total = (steps if optimum is None else 0) + iterations
         if optimum is None:
             tick = {} if progress is None else {"progress": lambda done, _total: progress(done, total)}
-            optimum, render_params, trace = _render_optimum(spec, unit, steps, seed, {**tick, **(render_options or {})})
+            optimum, render_params, trace = _render_optimum(user, unit, steps, seed, precision,
+                                                            {**tick, **(render_options or {})})
         optimum = optimum.detach().to(spec.device, spec.dtype)
         optimum = optimum.unsqueeze(0) if optimum.ndim == 3 else optimum
         if optimum.ndim != 4 or optimum.shape[0] != 1 or optimum.shape[1] != spec.channels:
@@ -298,7 +305,7 @@ def invariances(
         activation = float(_scores(spec, objective, unit.layer, optimum)[0])
     recipe = Recipe(
         kind="invariances",
-        model=spec.describe(),
+        model=user.describe(),
         params={"unit": str(unit), "k": k, "iterations": iterations, "beta": beta, "tangent": tangent,
                 "radius": radius, "points": points, "margin": margin, "resolution": resolution,
                 "free_coordinates": int(free.sum()), "k_requested": k_requested,

@@ -14,7 +14,9 @@ Starting from seeded noise, gradient descent looks for pixels `x` whose code `ph
   `R_alpha` = mean |2x - 1|^alpha (alpha = 6) additionally keeps them off the box edges when `alpha_weight > 0`.
 - `jitter` rolls the image by up to that many pixels per step (seeded), which helps for deep layers.
 
-The network runs only up to `layer` (`hooks.capture(..., stop=True)`) under `hooks.frozen`.
+The network (a frozen working copy, `hooks.frozen`; the user's model is not touched) runs only up to `layer`
+(`hooks.capture(..., stop=True)`), in `precision` (bf16 autocast where "auto" finds it faster); the image, the loss
+and Adam's state stay float32, and the reported code errors come from float32 passes.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..accel import Precision, Resolved, network_precision, resolve_precision
 from ..errors import BadImageError, InputShapeError, NonFiniteError, OptionError
 from ..hooks import capture, frozen
+from ..layers import LayerLike, resolve
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
 from .regularizers import TotalVariation
@@ -77,9 +81,13 @@ def total_variation(pixels: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     return TotalVariation(1.0, beta).cost(pixels, None) / TV_SCALE**beta
 
 
-def _code(cap: Any, layer: str, pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    cap.run(spec.normalize(pixels))
-    return cap[layer]
+def _code(cap: Any, layer: str, pixels: torch.Tensor, spec: ModelSpec, precision: Resolved = "float32"
+          ) -> torch.Tensor:
+    """The code (B, ...) of `pixels` at `layer`, in the model's dtype whatever `precision` it ran in."""
+    with network_precision(precision, pixels.device):
+        cap.run(spec.normalize(pixels))
+        code = cap[layer]
+    return code.to(pixels.dtype)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ class Inversion(ResultMixin):
 def invert(
     model: ModelSpec | nn.Module | str,
     image: ImageLike,
-    layer: str,
+    layer: LayerLike,
     *,
     steps: int = 200,
     tv: float = 0.1,
@@ -127,6 +135,7 @@ def invert(
     lr: float = 0.05,
     jitter: int = 0,
     seed: int = 0,
+    precision: Precision = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> Inversion:
     """Reconstruct an image from its code at `layer`, from seeded noise, under a TV^beta prior.
@@ -134,18 +143,23 @@ def invert(
     Args:
         model: a `ModelSpec`, `nn.Module` or model string (`convscope.models.load`).
         image: path, PIL image, array, or [0, 1] pixel tensor (C, H, W) / (1, C, H, W); see `as_pixels`.
-        layer: `named_modules()` path whose output is the code (`"features.6"`, `"layer1.0.relu#1"`).
+        layer: `named_modules()` path whose output is the code (`"features.6"`, `"layer1.0.relu#1"`), a module of
+            the model or a `Layer` (also as `layer=`).
         steps: Adam steps (learning rate `lr`, cosine-decayed to zero).
         tv: weight of the normalized TV^beta prior (0 disables it).
         beta: TV exponent (2 as in the paper; 1 is classic TV).
         alpha, alpha_weight: the alpha-norm penalty mean |2x - 1|^alpha and its weight (0: box constraint only).
         jitter: roll the image by up to this many pixels each step (0: none).
         seed: seeds the random start and the jitter (a local `torch.Generator`; no global state is touched).
+        precision: "auto" (default), "float32" or "bf16": what the network runs in during the optimization (see
+            `convscope.accel`); the recipe records what ran.
         progress: called with (steps done, steps) after each step.
 
     Returns an `Inversion`; `code_error` is the relative code error reached.
     """
     spec = load(model)
+    layer = resolve(spec.module, layer).name
+    ran = resolve_precision(precision, spec.device, spec.dtype)
     check_option("steps", steps, low=1)
     check_option("tv", tv, low=0)
     check_option("beta", beta, low=0, strict=True)
@@ -162,7 +176,7 @@ def invert(
     optimizer = torch.optim.Adam([x], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     losses, errors = [], []
-    with frozen(spec.module), capture(spec.module, layer, detach=False, stop=True) as cap:
+    with frozen(spec.module) as net, capture(net, layer, detach=False, stop=True) as cap:
         with torch.no_grad():
             target = _code(cap, layer, original, spec).detach().clone()
             energy = target.pow(2).sum()
@@ -175,7 +189,7 @@ def invert(
             if jitter:
                 dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
                 moved = torch.roll(x, (dy, dx), dims=(2, 3))
-            code = _code(cap, layer, moved, spec)
+            code = _code(cap, layer, moved, spec, ran)
             data = (code - target).pow(2).sum() / energy
             loss = data + tv * total_variation(x, beta).sum()
             if alpha_weight:
@@ -200,7 +214,7 @@ def invert(
         params={"layer": layer, "steps": steps, "tv": tv, "beta": beta, "alpha": alpha, "alpha_weight": alpha_weight,
                 "lr": lr, "jitter": jitter, "seed": seed, "optimizer": "adam+cosine", "init": "0.5+0.1*randn, clamped",
                 "image": str(image) if isinstance(image, (str, Path)) else type(image).__name__,
-                "tv_scale": TV_SCALE, "code_error": final},
+                "tv_scale": TV_SCALE, "code_error": final, "precision": ran},
     )
     return Inversion(
         reconstruction=x.detach().clone(),

@@ -7,7 +7,10 @@ the key `OUTPUT`) to one value per batch item, shape (B,). Objectives add, subtr
 Batched objectives render many units in one optimization: `channel(layer, [0, 1, ..., 63])` assigns channel i to
 batch item i, so a whole layer renders in one run. Terms with a single unit apply to every batch item.
 
-Primitives (all values are means over space unless a position is given):
+A layer is a `named_modules()` path, a module of the model, or a `convscope.layers.Layer`; `Objective.bind(spec)`
+(which `render` calls once) resolves modules to paths and class names to indices.
+
+Primitives (all values are means over space unless a position is given), each a small `Term` class:
 
 - `neuron(layer, ch, row=None, col=None)`: one unit at one position (the feature map's centre by default);
 - `channel(layer, ch)`: the mean of one channel;
@@ -26,16 +29,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import TargetError, UnitOutOfRangeError
 
-__all__ = ["Objective", "OUTPUT", "neuron", "channel", "layer", "class_logit", "direction", "diversity", "custom",
-           "as_objective"]
+__all__ = ["Objective", "Term", "OUTPUT", "neuron", "channel", "layer", "class_logit", "direction", "diversity",
+           "custom", "as_objective"]
 
 OUTPUT = ""
 """The key of the model's output (logits) in the activations an objective receives."""
 
 Indices = int | Sequence[int]
+LayerArg = Any  # str | nn.Module | convscope.layers.Layer (resolved to its path by `bind`)
 
 
 def _as_list(value: Indices | None) -> tuple[int, ...] | int | None:
@@ -51,119 +56,272 @@ def _as_list(value: Indices | None) -> tuple[int, ...] | int | None:
     return values
 
 
-@dataclass(frozen=True, eq=False)
-class _Term:
-    """One primitive objective. `units` is an int (same unit for every item) or a tuple (unit i for item i)."""
+def _check_layer(layer: Any) -> LayerArg:
+    from ..layers import Layer
 
-    kind: str
-    layer: str
-    units: Any = None
-    row: Any = None
-    col: Any = None
-    vector: torch.Tensor | None = None
-    fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
-    extra_layers: tuple[str, ...] = ()
-    name: str = ""
+    if not isinstance(layer, (str, nn.Module, Layer)):
+        raise TypeError(f"a layer is a named_modules() path (str), a module or a Layer, got {type(layer).__name__}")
+    return layer
+
+
+def _name(layer: LayerArg) -> str:
+    """The path of a bound layer (a str after `bind`; a `Layer` names itself)."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, nn.Module):
+        raise TypeError(f"the objective's layer is a {type(layer).__name__} module: bind the objective to its model "
+                        "first (render does)")
+    return layer.name
+
+
+def _shown(layer: LayerArg) -> str:
+    return layer if isinstance(layer, str) else type(layer).__name__ if isinstance(layer, nn.Module) else layer.name
+
+
+def _where(layer: str) -> str:
+    return "the model output" if layer == OUTPUT else f"layer {layer!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class Term:
+    """One primitive objective on one layer: (B,) values from `acts[layer]`. Subclasses override `__call__` and what
+    differs (labels, range checks, batching); a new objective is a new small subclass."""
+
+    layer: LayerArg
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return (self.layer, *self.extra_layers) if self.kind != "custom" else self.extra_layers
+        return (_name(self.layer),)
 
     @property
     def batch(self) -> int | None:
-        if isinstance(self.units, tuple):
-            return len(self.units)
-        if self.vector is not None and self.vector.ndim == 2:
-            return self.vector.shape[0]
+        """Batch items this term needs (one unit per item), or None when it applies to any batch."""
         return None
+
+    couples_batch = False  # items influence each other (never split into chunks)
+
+    def channels(self, layer: str) -> frozenset[int] | None:
+        """The channels of `layer` this term reads; None: the whole layer."""
+        return None
+
+    def take(self, items: Sequence[int]) -> Term:
+        return self
+
+    def bind(self, model: nn.Module | None) -> Term:
+        """The term with its layer resolved to a path in `model` (a module or `Layer` given as the layer)."""
+        if model is None or isinstance(self.layer, str):
+            return self
+        from ..layers import resolve
+
+        return replace(self, layer=resolve(model, self.layer).name)
+
+    def check(self, shapes: Mapping[str, torch.Size]) -> None:
+        """Raise `UnitOutOfRangeError`/`TargetError` if the term does not fit layers of these output shapes."""
+
+    def label(self, i: int) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.label(0)
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class _Units(Term):
+    """A term that picks one unit (channel or class) per item: `units` is an int (every item) or a tuple (item i)."""
+
+    units: Any = None
+    noun = "channel"
+
+    @property
+    def batch(self) -> int | None:
+        return len(self.units) if isinstance(self.units, tuple) else None
+
+    def channels(self, layer: str) -> frozenset[int] | None:
+        return frozenset(self.units if isinstance(self.units, tuple) else (self.units,))
+
+    def take(self, items: Sequence[int]) -> Term:
+        return replace(self, units=tuple(self.units[i] for i in items)) if isinstance(self.units, tuple) else self
+
+    def check(self, shapes: Mapping[str, torch.Size]) -> None:
+        name = _name(self.layer)
+        shape = shapes[name]
+        if len(shape) < 2:
+            raise UnitOutOfRangeError(f"{_where(name)} has output shape {tuple(shape)}: it has no channels")
+        n = shape[1]
+        units = self.units if isinstance(self.units, tuple) else (self.units,)
+        bad = [u for u in units if not 0 <= u < n]
+        if bad:
+            raise UnitOutOfRangeError(f"{self.noun} {bad[0]} is out of range; {_where(name)} has "
+                                      f"{self.noun}s 0..{n - 1}")
+
+    def describe(self) -> str:
+        return f"{_shown(self.layer)}:{list(self.units)}" if isinstance(self.units, tuple) else self.label(0)
+
+    def picked(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) or (B, H, W): each item's unit."""
+        a = acts[_name(self.layer)]
+        b = a.shape[0]
+        index = torch.as_tensor(self.units, device=a.device)
+        index = index.expand(b) if index.ndim == 0 else index
+        if index.shape[0] != b:
+            raise ValueError(f"objective {self.describe()!r} has {index.shape[0]} units but the batch has {b} items")
+        return a[torch.arange(b, device=a.device), index]
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        picked = self.picked(acts)
+        return picked if picked.ndim == 1 else picked.flatten(1).mean(1)
+
+
+@dataclass(frozen=True, eq=False)
+class Channel(_Units):
+    """The mean over space of one channel per item."""
 
     def label(self, i: int) -> str:
         unit = self.units[i] if isinstance(self.units, tuple) else self.units
-        if self.kind == "custom":
-            return self.name
-        if self.kind == "class":
-            return f"class {unit}"
-        if self.kind == "layer":
-            return f"{self.layer} (L2)"
-        if self.kind == "direction":
-            return f"{self.layer} dir" + (f" {i}" if self.batch else "")
-        if self.kind == "diversity":
-            return f"diversity {self.layer}"
-        where = "" if self.kind == "channel" else f"@{self.row if self.row is not None else 'c'},{self.col if self.col is not None else 'c'}"
-        return f"{self.layer}:{unit}{where}"
+        return f"{_shown(self.layer)}:{unit}"
 
-    def take(self, items: Sequence[int]) -> _Term:
-        if isinstance(self.units, tuple):
-            return replace(self, units=tuple(self.units[i] for i in items))
-        if self.vector is not None and self.vector.ndim == 2:
-            return replace(self, vector=self.vector[list(items)])
-        return self
 
-    def bind(self, spec: Any) -> _Term:
-        if self.kind != "class" or spec is None:
-            return self
+@dataclass(frozen=True, eq=False)
+class Neuron(_Units):
+    """One channel at one position (`row`, `col`; the centre where None) per item; a (B, F) layer has no position."""
+
+    row: int | None = None
+    col: int | None = None
+
+    def label(self, i: int) -> str:
+        unit = self.units[i] if isinstance(self.units, tuple) else self.units
+        row = "c" if self.row is None else self.row
+        col = "c" if self.col is None else self.col
+        return f"{_shown(self.layer)}:{unit}@{row},{col}"
+
+    def check(self, shapes: Mapping[str, torch.Size]) -> None:
+        super().check(shapes)
+        name = _name(self.layer)
+        shape = shapes[name]
+        if len(shape) == 4:
+            for axis, value, size in (("row", self.row, shape[2]), ("col", self.col, shape[3])):
+                if value is not None and not 0 <= value < size:
+                    raise UnitOutOfRangeError(f"{axis} {value} is out of range; {_where(name)} has {axis}s "
+                                              f"0..{size - 1}")
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        picked = self.picked(acts)
+        if picked.ndim == 1:
+            return picked
+        row = picked.shape[1] // 2 if self.row is None else self.row
+        col = picked.shape[2] // 2 if self.col is None else self.col
+        return picked[:, row, col]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassLogit(_Units):
+    """The pre-softmax score of one class per item (names resolved by `bind` with the spec's class names)."""
+
+    noun = "class"
+
+    def label(self, i: int) -> str:
+        unit = self.units[i] if isinstance(self.units, tuple) else self.units
+        return f"class {unit}"
+
+    def describe(self) -> str:
+        return f"class {list(self.units)}" if isinstance(self.units, tuple) else self.label(0)
+
+    def channels(self, layer: str) -> frozenset[int] | None:
+        return None
+
+    def bind_classes(self, spec: Any) -> Term:
         if isinstance(self.units, tuple):
             return replace(self, units=tuple(spec.class_index(u) for u in self.units))
         return replace(self, units=spec.class_index(self.units))
 
-    def check(self, shapes: Mapping[str, torch.Size]) -> None:
-        if self.kind in ("custom", "layer", "diversity"):
-            return
-        shape = shapes[self.layer]
-        where = "the model output" if self.layer == OUTPUT else f"layer {self.layer!r}"
-        if len(shape) < 2:
-            raise UnitOutOfRangeError(f"{where} has output shape {tuple(shape)}: it has no channels")
-        n = shape[1]
-        if self.kind == "direction":
-            if self.vector.shape[-1] != n:
-                raise TargetError(f"direction vector has {self.vector.shape[-1]} entries; {where} has {n} channels")
-            return
-        units = self.units if isinstance(self.units, tuple) else (self.units,)
-        bad = [u for u in units if not 0 <= u < n]
-        if bad:
-            noun = "class" if self.kind == "class" else "channel"
-            raise UnitOutOfRangeError(f"{noun} {bad[0]} is out of range; {where} has {noun}s 0..{n - 1}")
-        if self.kind == "neuron" and len(shape) == 4:
-            for axis, value, size in (("row", self.row, shape[2]), ("col", self.col, shape[3])):
-                if value is not None and not 0 <= value < size:
-                    raise UnitOutOfRangeError(f"{axis} {value} is out of range; {where} has {axis}s 0..{size - 1}")
+
+@dataclass(frozen=True, eq=False)
+class LayerL2(Term):
+    """The mean squared activation of the whole layer (DeepDream)."""
+
+    def label(self, i: int) -> str:
+        return f"{_shown(self.layer)} (L2)"
 
     def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if self.kind == "custom":
-            return self.fn(acts)
-        a = acts[self.layer]
-        b = a.shape[0]
-        if self.kind == "layer":
-            return a.pow(2).flatten(1).mean(1)
-        if self.kind == "diversity":
-            return _diversity(a)
-        if self.kind == "direction":
-            vec = self.vector.to(a.device, a.dtype)
-            vec = vec.expand(b, -1) if vec.ndim == 1 else vec
-            return torch.einsum("bc...,bc->b...", a, vec).flatten(1).mean(1)
-        index = torch.as_tensor(self.units, device=a.device).expand(b) if not isinstance(self.units, tuple) else \
-            torch.as_tensor(self.units, device=a.device)
-        if index.shape[0] != b:
-            raise ValueError(f"objective {self.label(0)!r} has {index.shape[0]} units but the batch has {b} items")
-        picked = a[torch.arange(b, device=a.device), index]  # (B,) or (B, H, W)
-        if picked.ndim == 1:
-            return picked
-        if self.kind == "neuron":
-            row = picked.shape[1] // 2 if self.row is None else self.row
-            col = picked.shape[2] // 2 if self.col is None else self.col
-            return picked[:, row, col]
-        return picked.flatten(1).mean(1)
+        return acts[_name(self.layer)].pow(2).flatten(1).mean(1)
 
 
-def _diversity(a: torch.Tensor) -> torch.Tensor:
-    b, c = a.shape[:2]
-    if b < 2:
-        return a.new_zeros(b)
-    flat = a.reshape(b, c, -1)
-    gram = flat @ flat.transpose(1, 2) / flat.shape[2]
-    gram = torch.nn.functional.normalize(gram.reshape(b, -1), dim=1)
-    sim = gram @ gram.T
-    return -(sim.sum(1) - sim.diagonal()) / (b - 1)
+@dataclass(frozen=True, eq=False)
+class Direction(Term):
+    """The mean over positions of <activation, vector>; `vector` (C,) for every item or (B, C), row i for item i."""
+
+    vector: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int | None:
+        return self.vector.shape[0] if self.vector.ndim == 2 else None
+
+    def take(self, items: Sequence[int]) -> Term:
+        return replace(self, vector=self.vector[list(items)]) if self.vector.ndim == 2 else self
+
+    def check(self, shapes: Mapping[str, torch.Size]) -> None:
+        name = _name(self.layer)
+        shape = shapes[name]
+        if len(shape) < 2:
+            raise UnitOutOfRangeError(f"{_where(name)} has output shape {tuple(shape)}: it has no channels")
+        if self.vector.shape[-1] != shape[1]:
+            raise TargetError(f"direction vector has {self.vector.shape[-1]} entries; {_where(name)} has "
+                              f"{shape[1]} channels")
+
+    def label(self, i: int) -> str:
+        return f"{_shown(self.layer)} dir" + (f" {i}" if self.batch else "")
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        a = acts[_name(self.layer)]
+        vec = self.vector.to(a.device, a.dtype)
+        vec = vec.expand(a.shape[0], -1) if vec.ndim == 1 else vec
+        return torch.einsum("bc...,bc->b...", a, vec).flatten(1).mean(1)
+
+
+@dataclass(frozen=True, eq=False)
+class Diversity(Term):
+    """Minus the mean cosine similarity of each item's Gram matrix to the other items' (Olah et al. 2017)."""
+
+    couples_batch = True
+
+    def label(self, i: int) -> str:
+        return f"diversity {_shown(self.layer)}"
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        a = acts[_name(self.layer)]
+        b, c = a.shape[:2]
+        if b < 2:
+            return a.new_zeros(b)
+        flat = a.reshape(b, c, -1)
+        gram = flat @ flat.transpose(1, 2) / flat.shape[2]
+        gram = torch.nn.functional.normalize(gram.reshape(b, -1), dim=1)
+        sim = gram @ gram.T
+        return -(sim.sum(1) - sim.diagonal()) / (b - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Custom(Term):
+    """Any function `fn(acts) -> (B,)` of the activations of `names` (`OUTPUT` for the model output)."""
+
+    names: tuple[str, ...] = ()
+    fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
+    title: str = ""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.names
+
+    def bind(self, model: nn.Module | None) -> Term:
+        return self
+
+    def label(self, i: int) -> str:
+        return self.title
+
+    def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.fn(acts)
 
 
 class Objective:
@@ -177,7 +335,7 @@ class Objective:
 
     __slots__ = ("terms",)
 
-    def __init__(self, terms: Sequence[tuple[float, _Term]]):
+    def __init__(self, terms: Sequence[tuple[float, Term]]):
         self.terms = tuple(terms)
         sizes = {t.batch for _, t in self.terms if t.batch is not None}
         if len(sizes) > 1:
@@ -240,14 +398,15 @@ class Objective:
         for _, t in self.terms:
             if layer not in t.layers:
                 continue
-            if t.kind not in ("channel", "neuron"):
+            mine = t.channels(layer)
+            if mine is None:
                 return None
-            found.update(t.units if isinstance(t.units, tuple) else (t.units,))
+            found.update(mine)
         return frozenset(found)
 
     @property
     def couples_batch(self) -> bool:
-        return any(t.kind == "diversity" for _, t in self.terms)
+        return any(t.couples_batch for _, t in self.terms)
 
     def __call__(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Activations `{layer: (B, C[, H, W])}` -> values (B,) (with gradient if the activations have one)."""
@@ -262,8 +421,17 @@ class Objective:
         return Objective([(w, t.take(items)) for w, t in self.terms])
 
     def bind(self, spec: Any) -> Objective:
-        """Resolve class names with `spec.class_index`."""
-        return Objective([(w, t.bind(spec)) for w, t in self.terms])
+        """Resolve layers given as modules (in `spec.module`) to paths and class names with `spec.class_index`."""
+        if spec is None:
+            return self
+        model = getattr(spec, "module", spec if isinstance(spec, nn.Module) else None)
+        terms = []
+        for w, t in self.terms:
+            t = t.bind(model)
+            if isinstance(t, ClassLogit) and hasattr(spec, "class_index"):
+                t = t.bind_classes(spec)
+            terms.append((w, t))
+        return Objective(terms)
 
     def check(self, shapes: Mapping[str, torch.Size]) -> None:
         """Raise `UnitOutOfRangeError`/`TargetError` if a unit does not exist in layers of these output shapes."""
@@ -283,67 +451,61 @@ class Objective:
     def __repr__(self) -> str:
         parts = []
         for w, t in self.terms:
-            name = t.label(0) if t.batch is None else f"{t.layer}:{list(t.units)}" if t.units is not None else t.label(0)
-            if t.kind == "custom":
-                name = t.name
+            name = t.describe()
             parts.append(name if w == 1 else f"-{name}" if w == -1 else f"{w:g}*{name}")
         return " + ".join(parts).replace("+ -", "- ")
 
     __str__ = __repr__
 
 
-def _one(term: _Term) -> Objective:
+def _one(term: Term) -> Objective:
     return Objective([(1.0, term)])
 
 
-def _layer_name(layer: Any) -> str:
-    if not isinstance(layer, str):
-        raise TypeError(f"a layer is given by its named_modules() path (str), got {type(layer).__name__}")
-    return layer
-
-
-def neuron(layer: str, ch: Indices, row: int | None = None, col: int | None = None) -> Objective:
+def neuron(layer: LayerArg, ch: Indices, row: int | None = None, col: int | None = None) -> Objective:
     """The activation of channel `ch` at (`row`, `col`) of `layer`'s output; the centre (H // 2, W // 2) by default.
 
-    `ch` may be a list: channel `ch[i]` for batch item i. For a (B, F) layer the position is ignored.
+    `layer` is a path, a module of the model or a `Layer`. `ch` may be a list: channel `ch[i]` for batch item i.
+    For a (B, F) layer the position is ignored.
     """
-    return _one(_Term("neuron", _layer_name(layer), _as_list(ch), row, col))
+    return _one(Neuron(_check_layer(layer), _as_list(ch), row, col))
 
 
-def channel(layer: str, ch: Indices) -> Objective:
-    """The mean over space of channel `ch` of `layer`'s output; a list assigns channel `ch[i]` to batch item i."""
-    return _one(_Term("channel", _layer_name(layer), _as_list(ch)))
+def channel(layer: LayerArg, ch: Indices) -> Objective:
+    """The mean over space of channel `ch` of `layer`'s output (a path, module or `Layer`); a list assigns channel
+    `ch[i]` to batch item i."""
+    return _one(Channel(_check_layer(layer), _as_list(ch)))
 
 
-def layer(layer: str) -> Objective:
+def layer(layer: LayerArg) -> Objective:
     """The mean squared activation of the whole layer (DeepDream's L2 objective)."""
-    return _one(_Term("layer", _layer_name(layer)))
+    return _one(LayerL2(_check_layer(layer)))
 
 
 def class_logit(c: int | str | Sequence[int | str]) -> Objective:
     """The pre-softmax score of class `c` (an index or a class name); a list assigns class `c[i]` to item i."""
     units = c if isinstance(c, (numbers.Integral, str)) else tuple(c)
-    return _one(_Term("class", OUTPUT, units if not isinstance(units, numbers.Integral) else int(units)))
+    return _one(ClassLogit(OUTPUT, units if not isinstance(units, numbers.Integral) else int(units)))
 
 
-def direction(layer: str, vector: torch.Tensor | Sequence[float]) -> Objective:
+def direction(layer: LayerArg, vector: torch.Tensor | Sequence[float]) -> Objective:
     """The mean over positions of <activation, vector>; `vector` (C,) for every item, or (B, C) one per item."""
     vec = torch.as_tensor(vector, dtype=torch.float32).detach()
     if vec.ndim not in (1, 2):
         raise ValueError(f"direction vector must have shape (C,) or (B, C), got {tuple(vec.shape)}")
-    return _one(_Term("direction", _layer_name(layer), vector=vec))
+    return _one(Direction(_check_layer(layer), vec))
 
 
-def diversity(layer: str) -> Objective:
+def diversity(layer: LayerArg) -> Objective:
     """Push batch items apart: minus the mean cosine similarity of each item's Gram matrix (channels x channels)
     of `layer` to those of the other items (Olah et al. 2017). Usually weighted, e.g. `obj + 1e-2 * diversity(l)`."""
-    return _one(_Term("diversity", _layer_name(layer)))
+    return _one(Diversity(_check_layer(layer)))
 
 
 def custom(layers: str | Sequence[str], fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor], name: str) -> Objective:
     """A new objective: `fn(acts) -> (B,)` reads `acts[layer]` for each of `layers` (`OUTPUT` for the output)."""
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
-    return _one(_Term("custom", layers[0] if layers else OUTPUT, fn=fn, extra_layers=layers, name=name))
+    return _one(Custom(layers[0] if layers else OUTPUT, layers, fn, name))
 
 
 def as_objective(value: Any) -> Objective:

@@ -68,8 +68,8 @@ def _pixels(spec: ModelSpec, image: ImageLike) -> torch.Tensor:
 
 def logits(spec: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
     """Normalized inputs (B, C, H, W) -> outputs (B, K) in inference mode, model left as found."""
-    with frozen(spec.module), torch.inference_mode():
-        out = spec.run(inputs.to(spec.device, spec.dtype))
+    with frozen(spec) as work, torch.inference_mode():
+        out = work.run(inputs.to(spec.device, spec.dtype))
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
