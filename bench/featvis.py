@@ -147,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             row[f"all_speedups_{clock}"] = {p: [t_l[k] / t_o[k] for t_l, t_o in zip(theirs, ours[p])]
                                            for p in PRECISIONS}
         strong = {p: plain_activations(model, ours[p][-1][2], channels) for p in PRECISIONS}
-        ratio = strong["bf16"] / strong["float32"]
+        live = strong["float32"] > 0  # random weights: a channel may stay at 0 in both renders
+        ratio = strong["bf16"][live] / strong["float32"][live] if live.any() else torch.ones(1)
         row["bf16_over_float32_activation"] = {"median": float(ratio.median()), "min": float(ratio.min()),
-                                               "max": float(ratio.max())}
+                                               "max": float(ratio.max()), "channels": int(live.sum()),
+                                               "bf16": strong["bf16"].tolist(), "float32": strong["float32"].tolist()}
         rows.append(row)
         if not args.json:
             print(f"batch {n:2d} (CPU s/channel): lucent {row['lucent_cpu_s_per_channel']:6.2f} | bf16 "
