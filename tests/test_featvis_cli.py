@@ -30,6 +30,19 @@ def test_visualize_units_renders_a_batched_grid_that_raises_every_unit(tmp_path,
     assert report["recipe"]["params"]["batch"] == 6 and report["recipe"]["params"]["seed"] == 0
 
 
+def test_every_featvis_command_takes_precision_and_the_recipe_records_what_ran(tmp_path, capsys):
+    from convscope.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in ("visualize", "class-model", "dream", "invert", "adversarial", "invariances", "evolution"):
+        option = next(a for a in commands[name]._actions if "--precision" in a.option_strings)
+        assert tuple(option.choices) == ("auto", "float32", "bf16"), name
+        assert option.default == ("float32" if name == "adversarial" else "auto"), name
+    report = run_json(capsys, ["visualize", MODEL, "--layer", "conv2", "--unit", "1", "--steps", "3",
+                               "--precision", "bf16", "-o", str(tmp_path / "u.png"), "--json"])
+    assert report["recipe"]["params"]["precision"] == "bf16"
+
+
 def test_visualize_one_unit_with_octaves_and_sharpness(tmp_path, capsys):
     out = tmp_path / "one.png"
     report = run_json(capsys, ["visualize", MODEL, "--layer", "conv1", "--unit", "3", "--steps", "6",

@@ -29,10 +29,11 @@ def _json(capsys) -> dict:
 def test_invert_command(tmp_path, image, capsys):
     out = tmp_path / "inv.png"
     code = main(["invert", "convscope:small-cnn", str(image), "--layer", "relu2", "--steps", "30", "-o", str(out),
-                 "--json"])
+                 "--precision", "bf16", "--json"])
     assert code == 0
     payload = _json(capsys)
-    assert payload["code_error"] < payload["initial_code_error"]
+    assert payload["code_error"] < payload["initial_code_error"]  # errors measured in float32
+    assert payload["recipe"]["params"]["precision"] == "bf16"
     assert out.exists() and out.with_suffix(".json").exists()
     assert json.loads(out.with_suffix(".json").read_text())["params"]["layer"] == "relu2"
 

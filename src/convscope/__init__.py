@@ -28,7 +28,7 @@ from .models import ModelSpec, evaluate, load, predict, train  # noqa: E402
 from .receptive import ReceptiveField, receptive_fields  # noqa: E402
 from .results import Recipe  # noqa: E402
 
-from . import analysis, attribution, data, featvis, hooks, render  # noqa: E402  (the families, as namespaces)
+from . import accel, analysis, attribution, data, featvis, hooks, render  # noqa: E402  (the families, as namespaces)
 
 __all__ = [
     "__version__",
@@ -50,6 +50,7 @@ __all__ = [
     "UnitOutOfRangeError",
     "UnitSyntaxError",
     "WeightMismatchError",
+    "accel",
     "analysis",
     "attribution",
     "data",

@@ -4,9 +4,11 @@
     vis = render("torchvision:mobilenet_v2@IMAGENET1K_V1", channel("features.10", 7), octaves=3)
     vis.save("unit.png")
 
-`render` is the one entry point; objectives (`neuron`, `channel`, `layer`, `class_logit`, `direction`,
-`diversity`, `custom`) add, subtract and scale; parameterizations, transforms, regularizers and update rules are
-small pieces in their own modules. `class_model` (Simonyan et al.) and `dream` (DeepDream) are recipes over
+`render` is the one entry point: an objective, a parameterization (`param`, `init`) and a `Schedule` (steps,
+optimizer, transforms, octaves, tiles, chunks, seed; its fields are keywords of `render` too), plus `precision=`
+("auto" | "float32" | "bf16", see `convscope.accel`). Objectives (`neuron`, `channel`, `layer`, `class_logit`,
+`direction`, `diversity`, `custom`; small `Term` classes) add, subtract and scale; parameterizations, transforms,
+regularizers and update rules are small pieces in their own modules. `class_model` (Simonyan et al.) and `dream` (DeepDream) are recipes over
 `render`; `invert`, `adversarial`, `invariances` and `evolution` are the other classic experiments.
 """
 
@@ -15,7 +17,19 @@ from .classic import class_model, dream
 from .evolution import Evolution, evolution
 from .invariances import Invariances, invariances
 from .inversion import Inversion, invert
-from .objectives import OUTPUT, Objective, as_objective, channel, class_logit, custom, direction, diversity, layer, neuron
+from .objectives import (
+    OUTPUT,
+    Objective,
+    Term,
+    as_objective,
+    channel,
+    class_logit,
+    custom,
+    direction,
+    diversity,
+    layer,
+    neuron,
+)
 from .params import FourierParam, Parameterization, PixelParam
 from .regularizers import (
     L1,
@@ -31,12 +45,13 @@ from .regularizers import (
     sharpness,
 )
 from .render import render
+from .schedule import Schedule
 from .result import Visualization
 from .transforms import Transforms, jitter, pad, rotate, scale, standard_transforms
 
 __all__ = [
-    "OUTPUT", "Objective", "as_objective", "neuron", "channel", "layer", "class_logit", "direction", "diversity",
-    "custom",
+    "OUTPUT", "Objective", "Term", "as_objective", "neuron", "channel", "layer", "class_logit", "direction",
+    "diversity", "custom", "Schedule",
     "Parameterization", "PixelParam", "FourierParam",
     "Transforms", "pad", "jitter", "scale", "rotate", "standard_transforms",
     "L1", "L2", "TotalVariation", "EdgePenalty", "ColorPenalty", "sharpness", "ClipRange", "Decay", "Blur",
