@@ -145,29 +145,65 @@ def test_engine_render_equals_the_plain_render_on_mobilenet_v2():
 
 
 def test_engine_computes_the_plain_objective_and_gradient_on_googlenet():
-    """Folded stem and branches, a pruned inception3a: the same values and input gradients as the model as written
-    (a render's trajectory is compared on MobileNetV2: GoogLeNet's max-pools turn float rounding into argmax ties)."""
-    from convscope.accel import accelerated
+    """Folded stem and branches, a pruned inception3a, the phase-split stem gradient: the same values and input
+    gradients as the model as written in float32; under bf16 autocast as close to the float32 gradient as the plain
+    bf16 pass is (a render's trajectory is compared on MobileNetV2: GoogLeNet's max-pools turn float rounding into
+    argmax ties)."""
+    from convscope.accel import accelerated, network_precision
 
     torch.manual_seed(0)
     model = _random_bn(torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True))
     objective = channel("inception3a", [2, 70, 200])
-    x = torch.randn(3, 3, 64, 64)
+    x = torch.randn(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
 
-    def value_and_grad(engine: bool):
+    def value_and_grad(engine: bool, precision: str, kernels: bool = True):
         with hooks.frozen(model) as net:
             with accelerated(net, x[:1], ["inception3a"], {"inception3a": objective.channels("inception3a")},
-                             stop=True, fuse=engine) as applied, \
+                             stop=True, fuse=engine, input_gradient=kernels) as applied, \
                     hooks.capture(net, ["inception3a"], detach=False, stop=True) as cap:
                 inputs = x.clone().requires_grad_(True)
-                cap.run(inputs)
-                values = objective({"inception3a": cap["inception3a"]})
+                with network_precision(precision, "cpu"):
+                    cap.run(inputs)
+                values = objective({"inception3a": cap["inception3a"].float()})
                 (grad,) = torch.autograd.grad(values.sum(), inputs)
         return values.detach(), grad, applied
 
-    fast_v, fast_g, applied = value_and_grad(True)
-    plain_v, plain_g, _ = value_and_grad(False)
-    assert applied.fused > 5 and applied.pruned == ("inception3a",)
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+    fast_v, fast_g, applied = value_and_grad(True, "float32")
+    plain_v, plain_g, _ = value_and_grad(False, "float32")
+    assert applied.fused > 5 and applied.pruned == ("inception3a",) and applied.kernels == ("conv1.conv",)
     torch.testing.assert_close(fast_v, plain_v, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fast_g, plain_g, rtol=1e-3, atol=1e-3 * float(plain_g.abs().max()))
+    _, low_g, _ = value_and_grad(True, "bf16")
+    _, low_no_kernel_g, _ = value_and_grad(True, "bf16", kernels=False)
+    _, low_plain_g, _ = value_and_grad(False, "bf16")
+    assert low_g.dtype == torch.float32
+    torch.testing.assert_close(low_g, low_no_kernel_g, rtol=1e-3, atol=1e-4 * float(low_g.abs().max()))
+    assert cosine(low_g, plain_g) > cosine(low_plain_g, plain_g) - 0.05
     assert type(model.inception3a).__name__ == "Inception" and hooks.hook_count(model) == 0
+
+
+@pytest.mark.parametrize("shape", [
+    # (batch, channels, height, width, out, kernel, stride, padding)
+    (2, 3, 32, 29, 8, 7, 2, 3),  # a GoogLeNet/ResNet stem
+    (3, 1, 13, 13, 4, 3, 2, 1),
+    (2, 4, 17, 20, 5, 5, 3, 2),  # odd sizes, stride 3
+    (2, 3, 15, 16, 4, 4, 2, 0),  # kernel a multiple of the stride, no padding
+    (1, 2, 9, 11, 3, 2, 3, 1),  # kernel smaller than the stride: phases without taps
+])
+def test_phase_split_gradient_equals_conv2d_in_float64(shape):
+    from convscope.accel.kernels import ImageConv
+
+    b, c, h, w, o, k, s, p = shape
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, o, k, stride=s, padding=p).double().requires_grad_(False)
+    x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    expected = conv(x)
+    grad_out = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    got = ImageConv(conv)(x)
+    (got_grad,) = torch.autograd.grad(got, x, grad_out)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-12, atol=1e-12)

@@ -2,20 +2,33 @@
 visualization, attribution and dataset analysis. Everything here acts on the frozen working copy that
 `hooks.frozen` yields, never on the user's model.
 
-- `precision`: `"float32"`, `"bf16"` or `"auto"` (bf16 where it is measurably faster on the device). What ran is
-  recorded in every recipe as the resolved value.
+- `precision`: `"float32"`, `"bf16"` or `"auto"` (bf16 where the device and a few timed passes of the network
+  itself find it faster). What ran is recorded in every recipe as the resolved value.
 - `fold`: eval-mode BatchNorm folded into the convolution before it (checked on the probe pass).
 - `prune`: the branches of a concatenating layer (Inception) that an objective does not read, skipped.
+- `kernels`: the image-facing strided convolution's input gradient, phase by phase (renders only).
 - `probe`: the one probe pass all of them share; `accelerated(...)`: probe, fold and prune for a render.
 - `plain()`: the switch; inside it models run as written (no folding, no pruning, float32 for "auto").
 """
 
 from .engine import Applied, accelerated
 from .fold import folded, fusions
-from .precision import PRECISIONS, Precision, Resolved, bf16_speedup, network_precision, resolve_precision
+from .kernels import ImageConv, image_convs
+from .precision import (
+    PRECISIONS,
+    Precision,
+    Resolved,
+    bf16_speedup,
+    check_precision,
+    choose_precision,
+    network_precision,
+    resolve_precision,
+)
 from .probe import Probe, probe
 from .prune import pruned
 from .switch import enabled, plain
 
 __all__ = ["PRECISIONS", "Precision", "Resolved", "bf16_speedup", "network_precision", "resolve_precision",
-           "folded", "fusions", "pruned", "Probe", "probe", "plain", "enabled", "Applied", "accelerated"]
+           "check_precision", "choose_precision",
+           "folded", "fusions", "pruned", "Probe", "probe", "plain", "enabled", "Applied", "accelerated",
+           "ImageConv", "image_convs"]

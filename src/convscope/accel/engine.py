@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import hooks
 from .fold import folded
+from .kernels import image_convs
 from .probe import Probe, probe
 from .prune import pruned
 from .switch import enabled
@@ -23,11 +24,12 @@ __all__ = ["Applied", "accelerated"]
 @dataclass(frozen=True)
 class Applied:
     """What `accelerated` did: the probe pass it made, how many BatchNorms it folded, which layers it pruned (some
-    of their branches replaced by zeros)."""
+    of their branches replaced by zeros), which image-facing convolutions take the phase-split input gradient."""
 
     probe: Probe
     fused: int
     pruned: tuple[str, ...]
+    kernels: tuple[str, ...] = ()
 
     def shapes(self) -> dict[str, torch.Size]:
         """Output shape of each probed layer, and of the model output under "" when the probe reached it."""
@@ -46,10 +48,12 @@ def _prunable(layers: Sequence[str], channels: Mapping[str, Collection[int] | No
 @contextlib.contextmanager
 def accelerated(net: nn.Module, x: torch.Tensor, layers: Sequence[str],
                 channels: Mapping[str, Collection[int] | None], *, stop: bool, fuse: bool = True,
-                ) -> Iterator[Applied]:
+                input_gradient: bool = True) -> Iterator[Applied]:
     """Probe `net` (a frozen working copy) once on `x` (1, C, H, W), then, unless `fuse=False` or inside
-    `accel.plain()`, fold its BatchNorms (not around `layers`) and prune the branches of `layers` outside
-    `channels[layer]`, for the block. `stop`: the block's passes end after `layers`."""
+    `accel.plain()`, fold its BatchNorms (not around `layers`), prune the branches of `layers` outside
+    `channels[layer]` and, when the block needs gradients with respect to the input (`input_gradient`), give the
+    image-facing strided convolutions their phase-split backward (`accel.kernels`). `stop`: the block's passes
+    end after `layers`."""
     on = fuse and enabled()
     candidates = _prunable(layers, channels) if on else []
     seen = probe(net, x, layers, stop=stop, inputs_of=candidates)
@@ -62,4 +66,6 @@ def accelerated(net: nn.Module, x: torch.Tensor, layers: Sequence[str],
             cut.update(branches)
             done += [name] if branches else []
         stack.enter_context(hooks.swap_modules(net, cut))
-        yield Applied(seen, fused, tuple(done))
+        kernels = image_convs(net) if on and input_gradient else {}
+        stack.enter_context(hooks.swap_modules(net, kernels))
+        yield Applied(seen, fused, tuple(done), tuple(sorted(kernels)))

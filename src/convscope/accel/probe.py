@@ -3,6 +3,7 @@ layer inputs (pruning) and, through `hooks.capture(stop=True)`, how often each m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,28 @@ class Probe:
     def outputs(self) -> list[torch.Tensor]:
         """The layers' outputs, then the model's output when there is one."""
         return [self.activations[n] for n in self.layers] + ([self.output] if self.output is not None else [])
+
+    def macs(self, net: nn.Module) -> int:
+        """Multiply-accumulates per input item of the convolutions and linear layers that run up to the probed
+        layers (the whole pass when it does not stop there): how much arithmetic bf16 could speed up."""
+        calls = self.calls
+        if self.stop and self.layers:
+            bases = {hooks.split_call(name)[0] for name in self.layers}
+            last = max((i for i, (path, _) in enumerate(calls) if path in bases), default=len(calls) - 1)
+            calls = calls[: last + 1]
+        modules = dict(net.named_modules())
+        total = 0
+        for path, shape in calls:
+            module = modules.get(path)
+            if shape is None or len(shape) < 2:
+                continue
+            per_output = 0
+            if isinstance(module, nn.modules.conv._ConvNd):
+                per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            elif isinstance(module, nn.Linear):
+                per_output = module.in_features
+            total += per_output * math.prod(shape[1:])
+        return total
 
 
 def run_layers(net: nn.Module, x: torch.Tensor, layers: Sequence[str], *, stop: bool) -> list[torch.Tensor]:

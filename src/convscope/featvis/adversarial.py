@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..accel import Precision, network_precision, resolve_precision
+from ..accel import Precision, check_precision, choose_precision, network_precision
 from ..errors import OptionError, TargetError
 from ..hooks import frozen
 from ..models import ModelSpec, load
@@ -175,7 +175,7 @@ def adversarial(
     if step_size is None:
         step_size = 2.5 * eps / steps
     check_option("step_size", step_size, low=0)
-    ran = resolve_precision(precision, spec.device, spec.dtype)
+    check_precision(precision)  # a bad choice fails before any work
     original = as_pixels(spec, image)
     batch = original.shape[0]
     with frozen(spec.module) as net:
@@ -189,13 +189,16 @@ def adversarial(
         goal = None if target is None else _classes(spec, target, batch, "target", n_classes)
         classes, sign = (true, 1.0) if goal is None else (goal, -1.0)
 
-        def loss_and_grad(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def loss_and_grad(pixels: torch.Tensor, choice: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
             pixels = pixels.detach().requires_grad_(True)
-            with network_precision(ran, pixels.device):
+            with network_precision(choice or ran, pixels.device):  # `ran` is chosen below, before any step
                 out = net(spec.normalize(pixels))
             loss = F.cross_entropy(out.to(pixels.dtype), classes, reduction="sum")
             (grad,) = torch.autograd.grad(loss, pixels)
             return loss.detach() / batch, grad
+
+        ran = choose_precision(precision, net, lambda choice: loss_and_grad(original, choice),
+                               ("adversarial", tuple(original.shape)), spec.device, spec.dtype)
 
         def project(pixels: torch.Tensor) -> torch.Tensor:
             return torch.minimum(torch.maximum(pixels, original - eps), original + eps).clamp(0, 1)

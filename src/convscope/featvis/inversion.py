@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..accel import Precision, Resolved, network_precision, resolve_precision
+from ..accel import Precision, Resolved, check_precision, choose_precision, network_precision
 from ..errors import BadImageError, InputShapeError, NonFiniteError, OptionError
 from ..hooks import capture, frozen
 from ..layers import LayerLike, resolve
@@ -159,7 +159,7 @@ def invert(
     """
     spec = load(model)
     layer = resolve(spec.module, layer).name
-    ran = resolve_precision(precision, spec.device, spec.dtype)
+    check_precision(precision)  # a bad choice fails before any work
     check_option("steps", steps, low=1)
     check_option("tv", tv, low=0)
     check_option("beta", beta, low=0, strict=True)
@@ -184,6 +184,12 @@ def invert(
                 raise NonFiniteError(f"the code of the image at {layer!r} is all zeros (or not finite): "
                                      "nothing to invert; pick another layer or image")
             initial = float((_code(cap, layer, x, spec) - target).norm() / energy.sqrt())
+
+        def trial(choice: Resolved) -> None:  # one step's network work, for precision="auto" to time
+            probe = x.detach().clone().requires_grad_(True)
+            torch.autograd.grad((_code(cap, layer, probe, spec, choice) - target).pow(2).sum(), probe)
+
+        ran = choose_precision(precision, net, trial, ("invert", tuple(x.shape), layer), spec.device, spec.dtype)
         for step in range(steps):
             moved = x
             if jitter:

@@ -8,7 +8,7 @@ fields are keywords of `render` too). `precision=` says what arithmetic the netw
 
 The network is a frozen working copy of the model (`hooks.frozen`: the user's model is never touched) that the
 engine (`convscope.accel`) may run faster after one probe pass: BatchNorm folded, unread Inception branches skipped,
-channels-last inputs, and bf16 autocast under `precision="bf16"` (or "auto" where bf16 is faster). The forward pass
+the image-facing strided convolution's input gradient computed phase by phase, channels-last inputs, and bf16 autocast under `precision="bf16"` (or "auto" where bf16 is faster). The forward pass
 stops at the deepest layer the objective needs (`hooks.capture(..., stop=True)`); no weight gradient is computed.
 The loop itself is `_optimize.optimize`.
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import hooks
-from ..accel import Precision, accelerated, resolve_precision
+from ..accel import Precision, Resolved, accelerated, check_precision, choose_precision
 from ..errors import ConvscopeError, InputShapeError
 from ..models import ModelSpec, load
 from ..results import Recipe
@@ -123,10 +123,10 @@ def render(
         decorrelate: colour decorrelation of the Fourier parameterization (3-channel models).
         schedule: a `Schedule` (steps, optimizer, lr, transforms, regularizers, size, octaves, outscale, tile,
             batch, memory_budget, seed, fuse, ...); `**options` replace its fields (`octaves=3, seed=0`).
-        precision: `"auto"` (default: bf16 where it is measurably faster on the device, see `convscope.accel`),
-            `"float32"` or `"bf16"`: the network runs under bf16 autocast with channels-last inputs; the
-            parameterization, transforms, regularizers and optimizer state stay float32, and `values` and
-            `start_values` come from float32 passes. The recipe records what ran.
+        precision: `"auto"` (default: bf16 where a few timed passes of this network at this batch and size find it
+            faster, see `convscope.accel.precision`), `"float32"` or `"bf16"`: the network runs under bf16
+            autocast with channels-last inputs; the parameterization, transforms, regularizers and optimizer state
+            stay float32, and `values` and `start_values` come from float32 passes. The recipe records what ran.
         progress: called as `progress(done, total)` after every step (`done` counts steps x items).
 
     Returns:
@@ -163,7 +163,7 @@ def render(
         raise ConvscopeError(f"the objective renders {objective.batch} units but the parameterization has {n} items")
     if isinstance(pixels_init, torch.Tensor) and pixels_init.shape[0] not in (1, n):
         raise InputShapeError(f"init has {pixels_init.shape[0]} images for {n} items")
-    ran = resolve_precision(precision, spec.device, spec.dtype)
+    check_precision(precision)  # a bad choice fails before any work
     center = torch.tensor(spec.mean or (0.5,) * spec.channels, device=spec.device, dtype=spec.dtype).view(1, -1, 1, 1)
     layers = [name for name in objective.layers if name != OUTPUT]
     stop = OUTPUT not in objective.layers
@@ -189,9 +189,18 @@ def render(
                                                   stop=stop, fuse=plan.fuse))
         objective.check(applied.shapes())
         cap = stack.enter_context(hooks.capture(net, layers, detach=False, stop=stop))
-        run = _Runner(work, objective, cap, ran)
+        run = _Runner(work, objective, cap, "float32")
         chunk = n if isinstance(param, Parameterization) else chunk_size(
             run, objective, n, parse_bytes(plan.memory_budget), sizes[-1], plan.batch if objective.batch else None)
+        sample = objective.take(list(range(chunk))) if objective.batch else objective
+        trial_x = torch.rand((chunk, spec.channels, *sizes[0]), generator=torch.Generator().manual_seed(1))
+
+        def trial(choice: Resolved) -> None:  # one step's network work, for precision="auto" to time
+            x = trial_x.to(spec.device, spec.dtype).requires_grad_(True)
+            torch.autograd.grad(run.values(sample, x, choice).sum(), x)
+
+        run.precision = ran = choose_precision(precision, net, trial, (tuple(trial_x.shape), tuple(layers), stop),
+                                               spec.device, spec.dtype, work=applied.probe.macs(net) * chunk)
         images, starts, traces = [], [], []
         for first in range(0, n, chunk):
             items = list(range(first, min(n, first + chunk)))
@@ -223,7 +232,8 @@ def render(
             "decorrelate": decorrelate, "levels": plan.levels, "optimizer_options": dict(plan.optimizer_options or {}),
             "init": init if isinstance(init, (str, type(None))) else str(init) if isinstance(init, Path)
             else f"tensor{tuple(init.shape)}", "seed": plan.seed, "batch": n, "chunk": chunk, "tile": plan.tile,
-            "precision": ran, "fused_batchnorms": applied.fused, "pruned_layers": list(applied.pruned),
+            "precision": ran, "precision_asked": precision, "fused_batchnorms": applied.fused, "pruned_layers": list(applied.pruned),
+            "phase_split_convs": list(applied.kernels),
         },
     )
     return Visualization(images=images_t, values=values, start_values=start_values, trace=trace_t, dead=dead,

@@ -42,8 +42,8 @@ class Schedule:
             probe pass.
         seed: every random draw comes from generators seeded by (seed, item).
         fuse: let the engine (`convscope.accel`) run the frozen working copy faster with the same function:
-            eval-mode BatchNorm folded, unread Inception branches skipped. False (or `accel.plain()`) runs the
-            network as written.
+            eval-mode BatchNorm folded, unread Inception branches skipped, the image-facing convolution's input
+            gradient computed phase by phase. False (or `accel.plain()`) runs the network as written.
     """
 
     steps: int = 256
