@@ -54,7 +54,7 @@ def accelerated(net: nn.Module, x: torch.Tensor, layers: Sequence[str],
     `channels[layer]` and, when the block needs gradients with respect to the input (`input_gradient`), give the
     image-facing strided convolutions their phase-split backward (`accel.kernels`). `stop`: the block's passes
     end after `layers`."""
-    on = fuse and enabled()
+    on = fuse and enabled() and not isinstance(net, torch.jit.ScriptModule)  # TorchScript: no module swaps
     candidates = _prunable(layers, channels) if on else []
     seen = probe(net, x, layers, stop=stop, inputs_of=candidates)
     with contextlib.ExitStack() as stack:

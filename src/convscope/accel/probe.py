@@ -3,6 +3,7 @@ layer inputs (pruning) and, through `hooks.capture(stop=True)`, how often each m
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,9 +77,12 @@ def probe(net: nn.Module, x: torch.Tensor, layers: Sequence[str] = (), *, stop: 
     """Run `net` (a frozen working copy) once on `x` without gradient and record what the engine needs.
 
     With `stop=True` the pass ends after `layers` (their `#k` calls included), as the render loop's passes will.
+    A TorchScript model allows no hooks: its probe records the output only (no calls, so nothing is folded).
     """
     layers = tuple(layers)
-    with torch.no_grad(), hooks.record_calls(net) as calls, hooks.record_inputs(net, inputs_of) as inputs, \
+    script = isinstance(net, torch.jit.ScriptModule)  # no hooks there: the output (and shapes) only
+    with torch.no_grad(), contextlib.nullcontext([]) if script else hooks.record_calls(net) as calls, \
+            hooks.record_inputs(net, () if script else inputs_of) as inputs, \
             hooks.capture(net, list(layers), stop=stop and bool(layers)) as cap:
         out = cap.run(x)
         activations = dict(cap.activations) if layers else {}

@@ -64,8 +64,8 @@ def _activation_bytes_per_pixel(spec) -> float:
     h, w = spec.input_size
     x = torch.full((1, spec.channels, h, w), 0.5, device=spec.device, dtype=spec.dtype, requires_grad=True)
     try:
-        with frozen(spec.module), saved_tensor_bytes() as counter, torch.enable_grad():
-            spec.module(spec.normalize(x))
+        with frozen(spec.module) as net, saved_tensor_bytes() as counter, torch.enable_grad():
+            net(spec.normalize(x))
     except Exception:  # noqa: BLE001 - only an estimate: a model the probe cannot run is judged by its pixels
         return 0.0
     return counter.bytes / (h * w)
