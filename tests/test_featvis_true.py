@@ -1,8 +1,8 @@
 """True, not only pretty: a rendered unit excites itself more than every natural image does, in float32 and in bf16,
 judged by a float32 forward of the plain model (`accel.plain()`: no folding, no pruning, no autocast).
 
-- The built-in Fashion-MNIST CNN: every conv channel that fires on any test image, against all 10,000 test images;
-  no such channel is reported dead.
+- The built-in Fashion-MNIST CNN: every conv channel that fires on any test image (conv2 in float32: every 4th),
+  against all 10,000 test images; no such channel is reported dead.
 - ImageNet MobileNetV2: a few channels of features.10, rendered briefly in bf16, against scikit-image's photos
   (`python -m bench featvis_true` does 8 channels of four layers, 256 steps, in both precisions).
 """
@@ -54,12 +54,15 @@ def fashion():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
-@pytest.mark.parametrize("name", LAYERS)
-def test_rendered_channels_beat_every_test_image(fashion, name, precision):
+@pytest.mark.parametrize("name, precision, every", [("conv1", "float32", 1), ("conv1", "bf16", 1), ("conv2", "bf16", 1),
+                                                    ("conv2", "float32", 4)])
+def test_rendered_channels_beat_every_test_image(fashion, name, precision, every):
+    """Every channel that fires, in one batched run per layer; conv2 in float32 on every 4th of them (the most
+    expensive render of the suite, and the path the other tests check against the plain model)."""
     spec, best, fires = fashion
     units = torch.nonzero(fires[name]).flatten().tolist()
     assert len(units) >= fires[name].numel() // 2
+    units = units[::every]
     vis = render(spec, channel(name, units), steps=256, seed=0, precision=precision)  # one batched run per layer
     assert vis.recipe.params["param"] == "pixel" and vis.recipe.params["precision"] == precision
     rendered = judged(spec, name, vis.images, units)
