@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["LayerPlan", "Plan", "LayerBatch", "Collector", "sort_keys", "EMPTY_KEY"]
 
@@ -113,6 +114,11 @@ class LayerBatch:
     Reductions are computed on first use and shared: `peak` (B, U) spatial max per chosen unit, `score` (B, U)
     the ranking value (`peak`, or `mean` with `by="mean"`), `sums` / `squares` (B, U) per-input float32 sums of
     values and of squares, `positions(b, c)` (row, col) of the first spatial max in row-major order.
+
+    Each reduction reads the output once, in the form that is cheap for its layout: a float32 NCHW output (the
+    float32 pass) is reduced with `amax`, `sum` and `vector_norm` over the spatial axes (no temporary); a
+    channels-last bfloat16 output (the bf16 pass) takes its peak from a max-pool over the whole map and its sums in
+    bfloat16 (approximate statistics are what a bf16 pass promises). Nothing is computed that no collector asks for.
     """
 
     def __init__(self, plan: LayerPlan, by: By, output: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor
@@ -124,11 +130,21 @@ class LayerBatch:
 
     @cached_property
     def values(self) -> torch.Tensor:
-        """The output in float32 (the output itself in a float32 pass)."""
+        """The output in float32 (the output itself in a float32 pass). A full copy in a bf16 pass: collectors of
+        the scan itself never ask for it."""
         return self.output if self.output.dtype == torch.float32 else self.output.float()
 
     def _units(self, per_channel: torch.Tensor) -> torch.Tensor:
         return per_channel if self._select is None else per_channel.index_select(1, self._select)
+
+    @cached_property
+    def _flat(self) -> torch.Tensor:
+        """(B, C) outputs as float32: the same tensor for every reduction of a layer without spatial axes."""
+        return self._units(self.output.float())
+
+    @cached_property
+    def _nchw(self) -> bool:
+        return self.output.is_contiguous()
 
     @cached_property
     def positions_per_input(self) -> int:
@@ -137,24 +153,28 @@ class LayerBatch:
     @cached_property
     def peak(self) -> torch.Tensor:
         if not self.plan.spatial:
-            return self._units(self.values)
-        return self._units(self.output.amax((2, 3)).float())
+            return self._flat
+        out = self.output
+        if self._nchw:
+            return self._units(out.amax((2, 3)).float())
+        # Channels-last (the bf16 pass): a max-pool over the whole map walks the memory in order, where amax over
+        # the strided spatial axes is up to 15x slower. Both propagate NaN.
+        return self._units(F.max_pool2d(out, out.shape[2:]).flatten(1).float())
 
     @cached_property
     def sums(self) -> torch.Tensor:
         if not self.plan.spatial:
-            return self._units(self.values)
-        return self._units(self.values.sum((2, 3)))
+            return self._flat
+        return self._units(self.output.sum((2, 3)).float())
 
     @cached_property
     def squares(self) -> torch.Tensor:
         if not self.plan.spatial:
-            v = self._units(self.values)
-            return v * v
-        v = self.values
-        if v.is_contiguous():  # one pass without a temporary; square of the norm, exact to an ulp
-            return self._units(torch.linalg.vector_norm(v, dim=(2, 3)) ** 2)
-        return self._units((v * v).sum((2, 3)))
+            return self._flat * self._flat
+        out = self.output
+        if self._nchw and out.dtype == torch.float32:  # one pass without a temporary; square of the norm, to an ulp
+            return self._units(torch.linalg.vector_norm(out, dim=(2, 3)) ** 2)
+        return self._units((out * out).sum((2, 3)).float())
 
     @cached_property
     def score(self) -> torch.Tensor:

@@ -50,9 +50,13 @@ def _merge_layer(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], k: int)
 
 class TopKCollector(Collector):
     """The k best inputs of every chosen unit: value, dataset index, (row, col) of the first spatial max, label
-    and the size of the batch the input ran in. `floor` (U,) is the best value ever dropped (for bf16 re-scoring)."""
+    and the size of the batch the input ran in. `floor` (U,) is the best value ever dropped where `track_floor` is
+    set (the bf16 candidates), else -inf."""
 
     name = "topk"
+
+    positions = True  # (row, col) of each kept input's max; the bf16 candidates get theirs in float32
+    track_floor = False  # the best value dropped: only the bf16 candidates need it (their certificate)
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -65,42 +69,49 @@ class TopKCollector(Collector):
         device = batch.output.device
         if layer["keys"].device != device:
             layer.update({name: t.to(device) for name, t in layer.items()})
-        scores = batch.score.T.contiguous()  # (U, B)
-        if torch.isnan(scores).any():
+        scores = batch.score.T  # (U, B)
+        if bool(torch.isnan(scores).any()):
             from ..errors import NonFiniteError
 
             unit, row = (int(i) for i in torch.nonzero(torch.isnan(scores))[0])
             raise NonFiniteError(f"layer {batch.plan.name!r} gives NaN for unit {batch.plan.channels[unit]} on "
                                  f"dataset item {int(batch.indices[row])}")
-        indices = batch.indices.to(device)
-        new = sort_keys(scores, indices)
-        current = layer["keys"]
-        if not bool((new.amax(1) > current[:, -1]).any()):  # nothing enters: the whole batch is dropped
-            layer["floor"] = torch.maximum(layer["floor"], scores.amax(1))
+        # Threshold test before any key is built: an input can enter a unit's top-k only if its value reaches the
+        # k-th kept value (equal values may still win on their index). After the first batches almost none do.
+        enters = scores >= layer["values"][:, -1:]
+        columns = torch.nonzero(enters.any(0)).flatten()
+        if self.track_floor:
+            dropped = torch.where(enters, torch.full_like(scores, float("-inf")), scores).amax(1)
+            layer["floor"] = torch.maximum(layer["floor"], dropped)
+        if columns.numel() == 0:
             return
-        units, kept = current.shape
-        keys, where, evicted = _select(torch.cat([current, new], 1), self.k)
-        columns = scores.shape[1]
+        if columns.numel() < scores.shape[1]:
+            scores = scores.index_select(1, columns)
+        indices = batch.indices.to(device)[columns]
+        units, kept = layer["keys"].shape
+        keys, where, evicted = _select(torch.cat([layer["keys"], sort_keys(scores, indices)], 1), self.k)
+        count = scores.shape[1]
         fresh = {
             "values": scores,
-            "indices": indices.expand(units, columns),
-            "labels": batch.labels.to(device).expand(units, columns),
-            "batch_sizes": torch.full((units, columns), batch.batch_size, dtype=torch.int64, device=device),
-            "rows": torch.full((units, columns), -1, dtype=torch.int64, device=device),
-            "cols": torch.full((units, columns), -1, dtype=torch.int64, device=device),
+            "indices": indices.expand(units, count),
+            "labels": batch.labels.to(device)[columns].expand(units, count),
+            "batch_sizes": torch.full((units, count), batch.batch_size, dtype=torch.int64, device=device),
+            "rows": torch.full((units, count), -1, dtype=torch.int64, device=device),
+            "cols": torch.full((units, count), -1, dtype=torch.int64, device=device),
         }
-        # Positions only for the inputs that enter the top-k: one argmax over their maps, not over the batch.
-        unit_ix, slot_ix = torch.nonzero(where >= kept, as_tuple=True)
-        batch_rows = where[unit_ix, slot_ix] - kept
-        rows, cols = batch.positions(batch_rows, unit_ix)
-        fresh["rows"][unit_ix, batch_rows] = rows
-        fresh["cols"][unit_ix, batch_rows] = cols
-        values = torch.cat([layer["values"], scores], 1)
-        lost = torch.where(evicted >= 0, values.gather(1, evicted.clamp(min=0)[:, None])[:, 0],
-                           torch.full((units,), float("-inf"), device=device))
+        if self.positions:  # only for the inputs that enter the top-k: one argmax over their maps
+            unit_ix, slot_ix = torch.nonzero(where >= kept, as_tuple=True)
+            fresh_ix = where[unit_ix, slot_ix] - kept
+            rows, cols = batch.positions(columns[fresh_ix], unit_ix)
+            fresh["rows"][unit_ix, fresh_ix] = rows
+            fresh["cols"][unit_ix, fresh_ix] = cols
+        if self.track_floor:
+            values = torch.cat([layer["values"], scores], 1)
+            lost = torch.where(evicted >= 0, values.gather(1, evicted.clamp(min=0)[:, None])[:, 0],
+                               torch.full((units,), float("-inf"), device=device))
+            layer["floor"] = torch.maximum(layer["floor"], lost)
         for name in FIELDS:
             layer[name] = torch.cat([layer[name], fresh[name]], 1).gather(1, where)
-        layer["floor"] = torch.maximum(layer["floor"], lost)
         layer["keys"] = keys
 
     def merge(self, a: State, b: State) -> State:
@@ -108,6 +119,9 @@ class TopKCollector(Collector):
 
 
 class CandidateCollector(TopKCollector):
-    """bf16 pass: keep `candidates` (> k) inputs per unit by their bfloat16 score, to be re-scored in float32."""
+    """bf16 pass: keep `candidates` (> k) inputs per unit by their bfloat16 score, to be re-scored in float32, and
+    the best score dropped (`floor`). No positions: the re-score computes them in float32."""
 
     name = "candidates"
+    positions = False
+    track_floor = True
