@@ -17,7 +17,7 @@ from ..data import Dataset, resolve
 from ..errors import OptionError
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
-from ._collect import By, Collector, Plan
+from ._collect import By, Collector, LayerPlan, Plan
 from ._engine import Accumulator, ShardRunner, Units, resolve_units, run_local, scan_layers
 from ._stats import Stats, build_stats
 from ._stats_state import StatsCollector
@@ -144,7 +144,7 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     if shard < 1:
         raise OptionError(f"shard_size must be at least 1, got {shard_size}")
     shard = -(-shard // batch_size) * batch_size
-    candidates = max(2 * k, k + 16) if resolved == "bf16" and topk else 0
+    candidates = 4 * k + 16 if resolved == "bf16" and topk else 0
     plan = Plan(tuple(plans), k, by, topk, stats, batch_size, shard, items, resolved, candidates)
     params = {**_describe_data(data, dataset, split), **plan.describe(), "limit": limit, "precision_asked": precision}
     recipe = Recipe(kind="scan", model=spec.describe(), params=params)
@@ -169,20 +169,7 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
     topk_state = acc.states.get("topk")
     report = None
     if "candidates" in acc.states:
-        from ._rescore import _Scores, certify
-
-        def runner_factory(size: int) -> ShardRunner:
-            sub = Plan(plan.layers, plan.k, plan.by, True, False, size, size, plan.items, "float32")
-            return ShardRunner(spec, dataset, sub, [_Scores()])
-
-        def fallback(sub: Plan) -> dict[str, Any]:
-            sub = Plan(sub.layers, plan.k, plan.by, True, False, plan.batch_size, plan.shard_size, plan.items,
-                       "float32")
-            inner = Accumulator(sub, [TopKCollector(plan.k)], "fallback", None)
-            run_local(spec, dataset, sub, inner.collectors, inner)
-            return inner.states["topk"]
-
-        topk_state, report = certify(runner_factory, fallback, plan, acc.states["candidates"], plan.k)
+        topk_state, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"])
     result_topk = None
     if topk_state is not None:
         layers = {name: LayerTopK(name, channels[name], *(topk_state[name][f].clone() for f in
@@ -204,6 +191,27 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
         result_stats = build_stats(state, channels, plan.by, exact, recipe)
     skipped = tuple((str(a), str(b)) for a, b in acc.skipped)
     return Scan(result_topk, result_stats, plan.items, skipped, report, recipe)
+
+
+def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The exact top-k of a bf16 scan: its candidates re-scored in float32 and certified (see `_certify`)."""
+    from ._certify import certify
+
+    def runner_factory(layers: Sequence[LayerPlan], size: int, collector: Collector) -> ShardRunner:
+        sub = Plan(tuple(layers), plan.k, plan.by, True, False, size, size, plan.items, "float32")
+        return ShardRunner(spec, dataset, sub, [collector])
+
+    def bf16_pass(sub: Plan, collector: Collector) -> None:
+        with ShardRunner(spec, dataset, sub, [collector]) as runner:
+            runner.run_items(range(plan.items))
+
+    def fallback(sub: Plan) -> dict[str, Any]:
+        inner = Accumulator(sub, [TopKCollector(plan.k)], "fallback", None)
+        run_local(spec, dataset, sub, inner.collectors, inner)
+        return inner.states["topk"]
+
+    return certify(runner_factory, bf16_pass, fallback, plan, candidates, plan.k)
 
 
 def topk(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: int = 9, **options: Any) -> TopK:

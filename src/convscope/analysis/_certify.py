@@ -1,0 +1,309 @@
+"""bf16 scans made exact: candidates found in bfloat16, re-scored in float32, and a check that nothing was missed.
+
+The bf16 pass keeps, per unit, the `plan.candidates` (> k) inputs with the highest bfloat16 response, and `floor`,
+the highest response it dropped. Chosen candidates are then re-scored in float32 (`_rescore`: the very bits a float32
+scan computes) and each unit is certified:
+
+    t  = the k-th float32 value among the re-scored inputs (the would-be top-k's last),
+    e  = the largest |float32 - bfloat16| difference seen on this unit's re-scored inputs,
+    d  = max(2 e, RHO * |t|)            the error bound assumed for the inputs never re-scored,
+    b  = the highest bfloat16 response among inputs not re-scored (dropped ones included),
+    certified when b + d < t: no input left out can reach the top-k.
+
+RHO = 2^-5 is eight times bfloat16's unit roundoff u = 2^-8: a first layer's error is at most about
+u (2 sum|w x| + |y|), within RHO |y| while sum|w x| <= 3.5 |y| (little cancellation, as at a unit's top responses);
+the 2 e term covers deeper layers, whose errors compound, measured on the inputs that matter (the highest
+responses). It is a bound the data confirms, not a proof for every network.
+
+Which inputs are re-scored: first every candidate within 1.25 RHO |t16| of the k-th bf16 value (usually all the
+certificate needs, so one float32 round), then whatever the certificate still asks for. A unit whose band
+[t - d, inf) holds more inputs than its candidates (many inputs within bf16's resolution of its k-th value: early
+layers on images with saturated pixels, ReLU6's 6) gets a second bf16 pass, up to its layer only, that collects
+every input within 2 RHO |t16| of its k-th value (`BAND_LIMIT` pairs at most); those are re-scored in float32 too.
+Only units that even that cannot certify are recomputed by a float32 scan of their layers (exact by construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ._collect import EMPTY_KEY, Collector, LayerBatch, LayerPlan, Plan, State, sort_keys
+from ._rescore import Rows, RunnerFactory, rescore
+from ._topk_state import FIELDS
+
+__all__ = ["certify", "RHO", "BAND_LIMIT"]
+
+RHO = 2.0 ** -5
+FIRST_ROUND = 1.0  # round one re-scores candidates within FIRST_ROUND * RHO |t16| of the k-th bf16 value
+BAND = 2.0  # a band pass collects inputs within BAND * RHO |t16| of it
+BAND_LIMIT = 1 << 20
+"""Most (unit, input) pairs a band pass keeps (about 40 MB); the units with the most pairs beyond it fall back."""
+
+
+def _kth(values: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """(U,) the k-th largest valid value per row (-inf where fewer than k)."""
+    masked = torch.where(valid, values, torch.full_like(values, float("-inf")))
+    if masked.shape[1] < k:
+        return torch.full(masked.shape[:1], float("-inf"))
+    return masked.topk(k, dim=1).values[:, -1]
+
+
+def _margin(t: torch.Tensor, scale: float) -> torch.Tensor:
+    return scale * RHO * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
+
+
+class _Band(Collector):
+    """A bf16 pass collecting, for chosen units, every input whose score reaches the unit's threshold (dataset
+    index, score, batch size, label), and the best score below it (the new floor)."""
+
+    name = "band"
+
+    def __init__(self, thresholds: dict[str, torch.Tensor], limit: int) -> None:
+        self.thresholds, self.limit = thresholds, limit
+        self.parts: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in thresholds}
+        self.floor = {name: torch.full_like(t, float("-inf")) for name, t in thresholds.items()}
+        self.counts = {name: torch.zeros(t.shape, dtype=torch.int64) for name, t in thresholds.items()}
+        self.overflow: dict[str, torch.Tensor] = {name: torch.zeros(t.shape, dtype=torch.bool)
+                                                  for name, t in thresholds.items()}
+
+    def empty(self, plan: Plan) -> State:
+        return {}
+
+    def merge(self, a: State, b: State) -> State:
+        return {}
+
+    def update(self, state: State, batch: LayerBatch) -> None:
+        name = batch.plan.name
+        if name not in self.thresholds:
+            return
+        theta = self.thresholds[name]
+        scores = batch.score.cpu()  # (B, U)
+        inside = scores >= theta
+        below = torch.where(inside, torch.full_like(scores, float("-inf")), scores).amax(0)
+        self.floor[name] = torch.maximum(self.floor[name], below)
+        b, u = torch.nonzero(inside, as_tuple=True)
+        if u.numel() == 0:
+            return
+        indices = batch.indices.cpu()
+        self.parts[name].append((u, indices[b], scores[b, u], batch.labels.cpu()[b],
+                                 torch.full_like(u, batch.batch_size)))
+        self.counts[name] += torch.bincount(u, minlength=theta.numel())
+        self._enforce_limit()
+
+    def _enforce_limit(self) -> None:
+        total = sum(int(c.sum()) for c in self.counts.values())
+        while total > self.limit:  # give up on the fullest unit: it falls back to a float32 pass
+            name = max(self.counts, key=lambda n: int(self.counts[n].max()) if self.counts[n].numel() else -1)
+            unit = int(self.counts[name].argmax())
+            total -= int(self.counts[name][unit])
+            self.counts[name][unit] = 0
+            self.overflow[name][unit] = True
+            self.thresholds[name][unit] = float("inf")
+            self.parts[name] = [tuple(t[keep] for t in part) for part in self.parts[name]
+                                for keep in [part[0] != unit]]
+
+    def rows(self, name: str, units: int) -> Rows:
+        """The collected inputs as `Rows` (units without a threshold get an empty row)."""
+        parts = self.parts[name]
+        if parts:
+            u, index, score, label, size = (torch.cat(column) for column in zip(*parts))
+        else:
+            u = index = label = size = torch.empty(0, dtype=torch.int64)
+            score = torch.empty(0)
+        width = max(1, int(self.counts[name].max()) if self.counts[name].numel() else 1)
+        order = torch.argsort(u, stable=True)
+        u, index, score, label, size = u[order], index[order], score[order], label[order], size[order]
+        start = torch.cumsum(self.counts[name], 0) - self.counts[name]
+        slot = torch.arange(len(u)) - start[u]
+        shape = (units, width)
+        full = torch.full(shape, -1, dtype=torch.int64)
+        indices, labels, sizes = full.clone(), full.clone(), full.clone()
+        s16 = torch.full(shape, float("-inf"))
+        indices[u, slot], labels[u, slot], sizes[u, slot], s16[u, slot] = index, label, size, score
+        return Rows.make(indices, s16, sizes, labels, self.floor[name])
+
+
+def _check(r: Rows, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(certified (U,), slots to re-score next (U, M), band threshold t - d (U,)) for one layer's rows."""
+    found, s32, s16 = r.found, r.s32, r.s16
+    valid = r.valid
+    t32 = _kth(s32, found, k)
+    filled = t32 > float("-inf")
+    diff = torch.where(found, (s32 - s16).abs(), torch.zeros_like(s16))
+    delta = torch.maximum(2 * diff.amax(1), _margin(t32, 1.0))
+    bound = torch.maximum(torch.where(valid & ~found, s16, torch.full_like(s16, float("-inf"))).amax(1), r.floor)
+    certified = (bound == float("-inf")) | (filled & (bound + delta < t32))
+    threshold = torch.where(filled, t32 - delta, torch.full_like(t32, float("-inf")))
+    extra = valid & ~found & (s16 >= threshold[:, None]) & ~certified[:, None]
+    return certified, extra, threshold
+
+
+def _exact_topk(r: Rows, k: int) -> dict[str, torch.Tensor]:
+    """The top-k state (as `TopKCollector` keeps it) of the re-scored slots of one layer's rows."""
+    indices = torch.where(r.found, r.indices, torch.full_like(r.indices, -1))
+    keys = torch.where(r.found, sort_keys(torch.where(r.found, r.s32, torch.zeros_like(r.s32)), indices),
+                       torch.full_like(indices, EMPTY_KEY))
+    if keys.shape[1] < k:
+        pad = k - keys.shape[1]
+        keys = torch.cat([keys, torch.full((keys.shape[0], pad), EMPTY_KEY, dtype=torch.int64)], 1)
+    top, where = keys.topk(k, dim=1)
+    where = where.clamp(max=r.indices.shape[1] - 1)
+    empty = top == EMPTY_KEY
+    out = {"keys": top}
+    fields = {"values": r.s32, "indices": indices, "labels": r.labels, "rows": r.rows, "cols": r.cols,
+              "batch_sizes": r.sizes}
+    for key, value in fields.items():
+        picked = value.gather(1, where)
+        fill = float("-inf") if key == "values" else -1
+        out[key] = torch.where(empty, torch.full_like(picked, fill), picked)
+    out["floor"] = torch.full((r.indices.shape[0],), float("-inf"))
+    return out
+
+
+def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None],
+            fallback: Callable[[Plan], State], plan: Plan, candidates: State, k: int
+            ) -> tuple[State, dict[str, Any]]:
+    """Exact top-k states (per layer, (U, k) tensors as `TopKCollector` keeps them) from a bf16 candidate state.
+
+    `runner_factory` gives float32 runners for `rescore`; `bf16_pass(plan, collector)` runs the bf16 network over
+    the scanned items for a sub-plan's layers with one collector; `fallback(plan)` runs a float32 top-k scan of a
+    sub-plan and returns its merged top-k state. Returns (state, report)."""
+    layers = {lp.name: lp for lp in plan.layers}
+    rows = {name: Rows.make(c["indices"], c["values"], c["batch_sizes"], c["labels"], c["floor"])
+            for name, c in candidates.items()}
+    report: dict[str, Any] = {"rescored_images": 0, "rescore_rounds": 0, "rescore_batches": 0, "rescore_padding": 0,
+                              "band_passes": 0, "band_units": {}, "band_pairs": 0}
+    given_up = {name: torch.zeros(r.indices.shape[0], dtype=torch.bool) for name, r in rows.items()}
+    # Units whose band clearly outgrew their candidates get their band before any float32 work.
+    wide = {}
+    for name, r in rows.items():
+        t16 = _kth(r.s16, r.valid, k)
+        near = (r.floor > float("-inf")) & (t16 > float("-inf")) & (r.floor >= t16 - _margin(t16, FIRST_ROUND))
+        wide[name] = torch.where(near, t16 - _margin(t16, BAND), torch.full_like(t16, float("inf")))
+    _band_pass(bf16_pass, plan, rows, wide, given_up, report)
+    requests = {}
+    for name, r in rows.items():  # round one: the bf16 top-k and everything near its k-th value
+        t16 = _kth(r.s16, r.valid, k)
+        requests[name] = r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND))[:, None])
+    for attempt in range(3):
+        certified = _rounds(runner_factory, plan, rows, requests, k, report)
+        if attempt == 2:
+            break
+        # Units still open because inputs left out of their rows may lie in their band: one more band pass each,
+        # at twice the margin the float32 values now give.
+        wide, requests = {}, {}
+        for name, r in rows.items():
+            _, _, threshold = _check(r, k)
+            t32 = _kth(r.s32, r.found, k)
+            open_ = ~certified[name] & ~given_up[name] & (r.floor >= threshold) & (t32 > float("-inf"))
+            if bool(open_.any()):
+                wide[name] = torch.where(open_, t32 - BAND * (t32 - threshold), torch.full_like(t32, float("inf")))
+                requests[name] = torch.zeros_like(r.valid)
+        if not wide:
+            break
+        _band_pass(bf16_pass, plan, rows, wide, given_up, report)
+        for name in wide:
+            r = rows[name]
+            requests[name] = r.valid & ((r.s16 >= wide[name][:, None]) & (wide[name] < float("inf"))[:, None])
+    state = {name: _exact_topk(r, k) for name, r in rows.items()}
+    failing = {name: [layers[name].channels[u] for u in torch.nonzero(~(ok & ~given_up[name])).flatten().tolist()]
+               for name, ok in certified.items()}
+    failing = {name: channels for name, channels in failing.items() if channels}
+    if failing:
+        sub = replace(plan, layers=tuple(replace(layers[n], channels=tuple(ch)) for n, ch in failing.items()),
+                      candidates=0, precision="float32", stats=False, topk=True)
+        exact = fallback(sub)
+        for name, channels in failing.items():
+            picked = torch.tensor([layers[name].channels.index(ch) for ch in channels])
+            for key in (*FIELDS, "keys"):
+                state[name][key][picked] = exact[name][key]
+    report.update({"fallback_units": {name: len(ch) for name, ch in failing.items()},
+                   "units": sum(len(lp.channels) for lp in plan.layers), "rho": RHO})
+    return state, report
+
+
+def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], requests: dict[str, torch.Tensor],
+            k: int, report: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Re-score the requests, then whatever the certificate asks for, until it asks for nothing new.
+    Returns each layer's certified units."""
+    while True:
+        done = rescore(runner_factory, plan.layers, rows, requests)
+        if done["images"]:
+            report["rescore_rounds"] += 1
+            report["rescored_images"] += done["images"]
+            report["rescore_batches"] += done["batches"]
+            report["rescore_padding"] += done["padding"]
+        requests, certified = {}, {}
+        for name, r in rows.items():
+            ok, extra, _ = _check(r, k)
+            certified[name] = ok
+            if bool(extra.any()):
+                requests[name] = extra
+        if not requests:
+            return certified
+
+
+def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: dict[str, Rows],
+               thresholds: dict[str, torch.Tensor], given_up: dict[str, torch.Tensor], report: dict[str, Any]
+               ) -> None:
+    """For units with a finite threshold, replace their rows (in place) by every input whose bf16 score reaches it
+    (one bf16 pass up to the deepest such layer), keeping the float32 scores already known."""
+    thresholds = {name: t for name, t in thresholds.items() if bool((t < float("inf")).any())}
+    if not thresholds:
+        return
+    collector = _Band({name: t.clone() for name, t in thresholds.items()}, BAND_LIMIT)
+    last = max(i for i, lp in enumerate(plan.layers) if lp.name in thresholds)
+    bf16_pass(replace(plan, layers=plan.layers[:last + 1], stats=False), collector)
+    report["band_passes"] += 1
+    for name, t in thresholds.items():
+        take = t < float("inf")
+        band = collector.rows(name, take.numel())
+        old = rows[name]
+        _carry(old, band)
+        width = max(old.indices.shape[1], band.indices.shape[1])
+        merged = {}
+        for field in ("indices", "s16", "sizes", "labels", "found", "s32", "rows", "cols"):
+            a, b = _widen(getattr(old, field), width), _widen(getattr(band, field), width)
+            merged[field] = torch.where(take[:, None], b, a)
+        merged["floor"] = torch.where(take, band.floor, old.floor)
+        rows[name] = Rows(**merged)
+        given_up[name] |= collector.overflow[name]
+        report["band_units"][name] = report["band_units"].get(name, 0) + int(take.sum())
+        report["band_pairs"] += int(collector.counts[name].sum())
+
+
+def _carry(old: Rows, new: Rows) -> None:
+    """Copy the float32 results `old` already holds into the slots of `new` for the same (unit, input)."""
+    if not bool(old.found.any()) or new.indices.numel() == 0:
+        return
+    span = int(max(old.indices.max(), new.indices.max())) + 2
+    units_old = torch.arange(old.indices.shape[0])[:, None].expand_as(old.indices)
+    key_old = (units_old * span + old.indices + 1)[old.found]
+    order = torch.argsort(key_old)
+    key_old = key_old[order]
+    units_new = torch.arange(new.indices.shape[0])[:, None].expand_as(new.indices)
+    key_new = units_new * span + new.indices + 1
+    place = torch.searchsorted(key_old, key_new).clamp(max=len(key_old) - 1)
+    hit = (key_old[place] == key_new) & new.valid
+    source = order[place]
+    for field in ("s32", "rows", "cols"):
+        values = getattr(old, field)[old.found][source]
+        getattr(new, field)[hit] = values[hit]
+    new.found |= hit
+
+
+def _widen(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(U, M) -> (U, width), padded as an empty slot (index -1, score -inf, not found)."""
+    if t.shape[1] >= width:
+        return t
+    if t.dtype == torch.bool:
+        fill: Any = False
+    elif t.is_floating_point():
+        fill = float("-inf")
+    else:
+        fill = -1
+    return torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype)], 1)
