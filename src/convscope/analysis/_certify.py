@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ._collect import EMPTY_KEY, Collector, LayerBatch, LayerPlan, Plan, State, sort_keys
-from ._rescore import Rows, RunnerFactory, rescore
+from ._rescore import Rows, RunnerFactory, Table, rescore
 from ._topk_state import FIELDS
 
 __all__ = ["certify", "RHO", "BAND_LIMIT"]
@@ -175,7 +175,8 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     layers = {lp.name: lp for lp in plan.layers}
     rows = {name: Rows.make(c["indices"], c["values"], c["batch_sizes"], c["labels"], c["floor"])
             for name, c in candidates.items()}
-    report: dict[str, Any] = {"rescored_images": 0, "rescore_rounds": 0, "rescore_batches": 0, "rescore_padding": 0,
+    table = Table(plan.layers)
+    report: dict[str, Any] = {"rescored_images": set(), "rescore_rounds": 0, "rescore_batches": 0, "rescore_padding": 0,
                               "band_passes": 0, "band_units": {}, "band_pairs": 0}
     given_up = {name: torch.zeros(r.indices.shape[0], dtype=torch.bool) for name, r in rows.items()}
     # Units whose band clearly outgrew their candidates get their band before any float32 work.
@@ -184,13 +185,13 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
         t16 = _kth(r.s16, r.valid, k)
         near = (r.floor > float("-inf")) & (t16 > float("-inf")) & (r.floor >= t16 - _margin(t16, FIRST_ROUND))
         wide[name] = torch.where(near, t16 - _margin(t16, BAND), torch.full_like(t16, float("inf")))
-    _band_pass(bf16_pass, plan, rows, wide, given_up, report)
+    _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
     requests = {}
     for name, r in rows.items():  # round one: the bf16 top-k and everything near its k-th value
         t16 = _kth(r.s16, r.valid, k)
         requests[name] = r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND))[:, None])
     for attempt in range(3):
-        certified = _rounds(runner_factory, plan, rows, requests, k, report)
+        certified = _rounds(runner_factory, plan, rows, table, requests, k, report)
         if attempt == 2:
             break
         # Units still open because inputs left out of their rows may lie in their band: one more band pass each,
@@ -205,10 +206,13 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
                 requests[name] = torch.zeros_like(r.valid)
         if not wide:
             break
-        _band_pass(bf16_pass, plan, rows, wide, given_up, report)
+        _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
         for name in wide:
             r = rows[name]
             requests[name] = r.valid & ((r.s16 >= wide[name][:, None]) & (wide[name] < float("inf"))[:, None])
+    # Positions (row, col) for the final top-k entries whose pair was never asked for.
+    final = {name: _topk_slots(r, k) for name, r in rows.items()}
+    _record(report, rescore(runner_factory, plan.layers, rows, table, final, positions=True))
     state = {name: _exact_topk(r, k) for name, r in rows.items()}
     failing = {name: [layers[name].channels[u] for u in torch.nonzero(~(ok & ~given_up[name])).flatten().tolist()]
                for name, ok in certified.items()}
@@ -221,22 +225,36 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
             picked = torch.tensor([layers[name].channels.index(ch) for ch in channels])
             for key in (*FIELDS, "keys"):
                 state[name][key][picked] = exact[name][key]
-    report.update({"fallback_units": {name: len(ch) for name, ch in failing.items()},
+    report.update({"rescored_images": len(report["rescored_images"]),
+                   "fallback_units": {name: len(ch) for name, ch in failing.items()},
                    "units": sum(len(lp.channels) for lp in plan.layers), "rho": RHO})
     return state, report
 
 
-def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], requests: dict[str, torch.Tensor],
-            k: int, report: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _record(report: dict[str, Any], done: dict[str, Any]) -> None:
+    if done["images"]:
+        report["rescore_rounds"] += 1
+        report["rescored_images"] |= done["images"]
+        report["rescore_batches"] += done["batches"]
+        report["rescore_padding"] += done["padding"]
+
+
+def _topk_slots(r: Rows, k: int) -> torch.Tensor:
+    """(U, M) mask of the slots of each unit's top-k among its re-scored inputs."""
+    keys = torch.where(r.found, sort_keys(torch.where(r.found, r.s32, torch.zeros_like(r.s32)), r.indices),
+                       torch.full_like(r.indices, EMPTY_KEY))
+    top, where = keys.topk(min(k, keys.shape[1]), dim=1)
+    mask = torch.zeros_like(r.found)
+    mask.scatter_(1, where, top != EMPTY_KEY)
+    return mask
+
+
+def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], table: Table,
+            requests: dict[str, torch.Tensor], k: int, report: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Re-score the requests, then whatever the certificate asks for, until it asks for nothing new.
     Returns each layer's certified units."""
     while True:
-        done = rescore(runner_factory, plan.layers, rows, requests)
-        if done["images"]:
-            report["rescore_rounds"] += 1
-            report["rescored_images"] += done["images"]
-            report["rescore_batches"] += done["batches"]
-            report["rescore_padding"] += done["padding"]
+        _record(report, rescore(runner_factory, plan.layers, rows, table, requests))
         requests, certified = {}, {}
         for name, r in rows.items():
             ok, extra, _ = _check(r, k)
@@ -247,11 +265,11 @@ def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], re
             return certified
 
 
-def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: dict[str, Rows],
+def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: dict[str, Rows], table: Table,
                thresholds: dict[str, torch.Tensor], given_up: dict[str, torch.Tensor], report: dict[str, Any]
                ) -> None:
     """For units with a finite threshold, replace their rows (in place) by every input whose bf16 score reaches it
-    (one bf16 pass up to the deepest such layer), keeping the float32 scores already known."""
+    (one bf16 pass up to the deepest such layer), with the float32 results the table already holds."""
     thresholds = {name: t for name, t in thresholds.items() if bool((t < float("inf")).any())}
     if not thresholds:
         return
@@ -263,10 +281,10 @@ def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: d
         take = t < float("inf")
         band = collector.rows(name, take.numel())
         old = rows[name]
-        _carry(old, band)
+        table.fill(name, band)
         width = max(old.indices.shape[1], band.indices.shape[1])
         merged = {}
-        for field in ("indices", "s16", "sizes", "labels", "found", "s32", "rows", "cols"):
+        for field in ("indices", "s16", "sizes", "labels", "found", "s32", "rows", "cols", "placed"):
             a, b = _widen(getattr(old, field), width), _widen(getattr(band, field), width)
             merged[field] = torch.where(take[:, None], b, a)
         merged["floor"] = torch.where(take, band.floor, old.floor)
@@ -274,26 +292,6 @@ def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: d
         given_up[name] |= collector.overflow[name]
         report["band_units"][name] = report["band_units"].get(name, 0) + int(take.sum())
         report["band_pairs"] += int(collector.counts[name].sum())
-
-
-def _carry(old: Rows, new: Rows) -> None:
-    """Copy the float32 results `old` already holds into the slots of `new` for the same (unit, input)."""
-    if not bool(old.found.any()) or new.indices.numel() == 0:
-        return
-    span = int(max(old.indices.max(), new.indices.max())) + 2
-    units_old = torch.arange(old.indices.shape[0])[:, None].expand_as(old.indices)
-    key_old = (units_old * span + old.indices + 1)[old.found]
-    order = torch.argsort(key_old)
-    key_old = key_old[order]
-    units_new = torch.arange(new.indices.shape[0])[:, None].expand_as(new.indices)
-    key_new = units_new * span + new.indices + 1
-    place = torch.searchsorted(key_old, key_new).clamp(max=len(key_old) - 1)
-    hit = (key_old[place] == key_new) & new.valid
-    source = order[place]
-    for field in ("s32", "rows", "cols"):
-        values = getattr(old, field)[old.found][source]
-        getattr(new, field)[hit] = values[hit]
-    new.found |= hit
 
 
 def _widen(t: torch.Tensor, width: int) -> torch.Tensor:

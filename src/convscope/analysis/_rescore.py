@@ -6,7 +6,11 @@ nor on its place in it (`tests/test_analysis_bf16.py` checks both). So every ima
 size it first ran in, the last batch of a size padded with copies of its first image, and each batch runs only as
 deep as the deepest layer any of its images is needed for: images are sorted by that depth, deepest first, so
 images needed only for early layers fill the batches of deeper ones instead of being padded, and the shallow tail
-stops early. Positions (row, col) are computed only for the requested pairs.
+stops early.
+
+A re-run image's float32 scores of every chosen unit of every layer it passes are kept (`Table`), so a later round
+that asks about other units of the same image costs nothing; (row, col) positions are computed only for the
+pairs asked for (a gather of their maps), and for any final top-k entry still without one at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from ._collect import Collector, LayerBatch, LayerPlan, Plan, State
 
-__all__ = ["Rows", "rescore"]
+__all__ = ["Rows", "Table", "rescore", "RunnerFactory"]
 
 
 @dataclass
@@ -28,8 +32,9 @@ class Rows:
     """One layer's inputs under consideration, as (U, M) tensors per chosen unit (empty slots: index -1).
 
     From the bf16 pass: `indices`, `s16` (bfloat16 score, as float32), `sizes` (the batch size the input ran in),
-    `labels`, and `floor` (U,): the best bf16 score of any input left out of the row (-inf: none). Filled by
-    `rescore`: `found` (re-scored), `s32` (float32 score), `rows`, `cols` (first spatial max; -1 without space).
+    `labels`, and `floor` (U,): the best bf16 score of any input left out of the row (-inf: none). From the
+    float32 re-score (`Table.fill`): `found` (score known), `s32` (float32 score), `rows`, `cols` (first spatial
+    max; -1 while unknown or without spatial axes) and `placed` (position known).
     """
 
     indices: torch.Tensor
@@ -41,91 +46,150 @@ class Rows:
     s32: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+    placed: torch.Tensor
 
     @classmethod
     def make(cls, indices: torch.Tensor, s16: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor,
              floor: torch.Tensor) -> "Rows":
         minus = torch.full_like(indices, -1)
-        return cls(indices, s16.float(), sizes, labels, floor.float(), torch.zeros_like(indices, dtype=torch.bool),
-                   torch.zeros_like(s16, dtype=torch.float32), minus, minus.clone())
+        no = torch.zeros_like(indices, dtype=torch.bool)
+        return cls(indices, s16.float(), sizes, labels, floor.float(), no, torch.zeros_like(s16, dtype=torch.float32),
+                   minus, minus.clone(), no.clone())
 
     @property
     def valid(self) -> torch.Tensor:
         return self.indices >= 0
 
 
+class _Lookup:
+    """Append-only (key -> row of values) store with vectorized lookups (keys sorted lazily)."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._sorted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys.append(keys)
+        self.values.append(values)
+        self._sorted = None
+
+    def find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys (...) -> (found (...), row into the stored values (...), any row where not found)."""
+        if not self.keys:
+            return torch.zeros_like(keys, dtype=torch.bool), torch.zeros_like(keys)
+        if self._sorted is None:
+            every = torch.cat(self.keys)
+            order = torch.argsort(every)
+            self._sorted = (every[order], order, torch.cat(self.values))
+        ordered, order, _ = self._sorted
+        place = torch.searchsorted(ordered, keys).clamp(max=len(ordered) - 1)
+        return ordered[place] == keys, order[place]
+
+    @property
+    def stored(self) -> torch.Tensor:
+        if self._sorted is None:
+            self.find(torch.empty(0, dtype=torch.int64))
+        assert self._sorted is not None
+        return self._sorted[2]
+
+
+class Table:
+    """Float32 results of the images re-run so far: per layer, every chosen unit's score for each image that
+    passed the layer (by dataset index), and (row, col) for the (image, unit) pairs that were asked for."""
+
+    def __init__(self, layers: Sequence[LayerPlan]) -> None:
+        self.units = {lp.name: len(lp.channels) for lp in layers}
+        self.scores = {lp.name: _Lookup() for lp in layers}
+        self.places = {lp.name: _Lookup() for lp in layers}
+        self.depth: dict[int, int] = {}  # image -> position of the deepest layer it has run through
+
+    def fill(self, name: str, rows: Rows) -> None:
+        """Copy into `rows` every float32 score and position known for its valid slots."""
+        units = torch.arange(rows.indices.shape[0])[:, None].expand_as(rows.indices)
+        found, at = self.scores[name].find(rows.indices)
+        found &= rows.valid
+        if bool(found.any()):
+            rows.s32[found] = self.scores[name].stored[at[found], units[found]]
+            rows.found |= found
+        placed, at = self.places[name].find(rows.indices * self.units[name] + units)
+        placed &= rows.valid
+        if bool(placed.any()):
+            where = self.places[name].stored[at[placed]]
+            rows.rows[placed], rows.cols[placed] = where[:, 0], where[:, 1]
+            rows.placed |= placed
+
+
 class _Pairs(Collector):
-    """Writes the float32 score and position of each pending (unit, slot) pair into its layer's `Rows` as the
-    pair's image passes (its state is empty: the results go straight into the rows)."""
+    """Stores each re-run batch's float32 scores in the `Table`, and the positions of the pending pairs whose image
+    is in the batch (its own state is empty)."""
 
     name = "rescore"
 
-    def __init__(self, pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rows: dict[str, Rows]
-                 ) -> None:
-        self.pending, self.rows = pending, rows
+    def __init__(self, table: Table, pending: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.table, self.pending = table, pending
 
     def empty(self, plan: Plan) -> State:
         return {}
 
+    def merge(self, a: State, b: State) -> State:
+        return {}
+
     def update(self, state: State, batch: LayerBatch) -> None:
-        got = self.pending.get(batch.plan.name)
+        name = batch.plan.name
+        here = batch.indices.cpu()
+        self.table.scores[name].add(here, batch.score.cpu())
+        got = self.pending.get(name)
         if got is None:
             return
-        units, slots, images = got
-        here = batch.indices.cpu()
+        units, images = got
         ordered, order = torch.sort(here)
         place = torch.searchsorted(ordered, images).clamp(max=len(ordered) - 1)
         hit = ordered[place] == images
         if not bool(hit.any()):
             return
-        b = order[place[hit]].to(batch.output.device)
-        u = units[hit].to(batch.output.device)
-        scores = batch.score[b, u].cpu()
-        r, c = batch.positions(b, u)
-        rows = self.rows[batch.plan.name]
-        uu, ss = units[hit], slots[hit]
-        rows.s32[uu, ss] = scores
-        rows.rows[uu, ss] = r.cpu()
-        rows.cols[uu, ss] = c.cpu()
-        rows.found[uu, ss] = True
-
-    def merge(self, a: State, b: State) -> State:
-        return {}
+        device = batch.output.device
+        r, c = batch.positions(order[place[hit]].to(device), units[hit].to(device))
+        keys = images[hit] * self.table.units[name] + units[hit]
+        self.table.places[name].add(keys, torch.stack([r.cpu(), c.cpu()], 1))
 
 
 RunnerFactory = Callable[[Sequence[LayerPlan], int, Collector], AbstractContextManager[Any]]
 
 
-def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: dict[str, Rows],
-            requests: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Re-score in float32 every requested, valid, not yet found slot (`requests`: layer -> (U, M) bool mask).
+def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: dict[str, Rows], table: Table,
+            requests: dict[str, torch.Tensor], *, positions: bool = False) -> dict[str, Any]:
+    """Make the float32 score of every requested valid slot known (`requests`: layer -> (U, M) bool mask), re-running
+    in float32 the images that have not yet run through its layer (with `positions`, also those whose pair has no
+    position yet), then fill every layer's rows from the table.
 
     `runner_factory(layers, batch_size, collector)` gives a float32 `ShardRunner` context over the dataset for the
-    layers `layers` (it stops after the last). Returns counts: images re-run, batches, padded slots.
+    layers `layers` (it stops after the last). Returns the images re-run and counts of batches and padded slots.
     """
     depth_of = {lp.name: i for i, lp in enumerate(layers)}
-    pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     need: dict[int, tuple[int, int]] = {}  # image -> (batch size, deepest layer position)
     for name, mask in requests.items():
         r = rows[name]
-        units, slots = torch.nonzero(mask & r.valid & ~r.found, as_tuple=True)
+        open_ = mask & r.valid & ~(r.placed if positions else r.found)
+        units, slots = torch.nonzero(open_, as_tuple=True)
         if units.numel() == 0:
             continue
         images = r.indices[units, slots]
-        pending[name] = (units, slots, images)
+        pending[name] = (units, images)
         depth = depth_of[name]
         for image, size in zip(images.tolist(), r.sizes[units, slots].tolist()):
+            if not positions and table.depth.get(image, -1) >= depth:
+                continue
             old = need.get(image)
             need[image] = (size, depth if old is None else max(old[1], depth))
-    counts = {"images": len(need), "batches": 0, "padding": 0}
-    if not need:
-        return counts
-    collector = _Pairs(pending, rows)
+    counts: dict[str, Any] = {"images": set(need), "batches": 0, "padding": 0}
+    collector = _Pairs(table, pending)
     for size in sorted({s for s, _ in need.values()}):
         group = sorted((-d, i) for i, (s, d) in need.items() if s == size)  # deepest first, then by index
-        chunks = [group[start:start + size] for start in range(0, len(group), size)]
-        runs: list[tuple[int, list[int]]] = []  # (depth, order) with consecutive chunks of one depth together
-        for chunk in chunks:
+        runs: list[tuple[int, list[int]]] = []  # (depth, order) with consecutive batches of one depth together
+        for start in range(0, len(group), size):
+            chunk = group[start:start + size]
             depth = -chunk[0][0]
             order = [i for _, i in chunk]
             counts["padding"] += size - len(order)
@@ -138,4 +202,8 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
         for depth, order in runs:
             with runner_factory(layers[:depth + 1], size, collector) as runner:
                 runner.run_items(order)
+            for image in order:
+                table.depth[image] = max(table.depth.get(image, -1), depth)
+    for name, r in rows.items():
+        table.fill(name, r)
     return counts
