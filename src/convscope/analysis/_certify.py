@@ -33,13 +33,14 @@ import torch
 
 from ._collect import EMPTY_KEY, Collector, LayerBatch, LayerPlan, Plan, State, sort_keys
 from ._rescore import Rows, RunnerFactory, Table, rescore
-from ._topk_state import FIELDS
 
 __all__ = ["certify", "RHO", "BAND_LIMIT"]
 
 RHO = 2.0 ** -5
 FIRST_ROUND = 1.0  # round one re-scores candidates within FIRST_ROUND * RHO |t16| of the k-th bf16 value
 BAND = 2.0  # a band pass collects inputs within BAND * RHO |t16| of it
+PROBE = 3  # inputs per unit re-scored first, to measure each layer's bf16 error
+HOPELESS = 1 / 8  # a layer whose median unit's 2 e / |t| exceeds this runs in float32
 BAND_LIMIT = 1 << 20
 """Most (unit, input) pairs a band pass keeps (about 40 MB); the units with the most pairs beyond it fall back."""
 
@@ -56,14 +57,24 @@ def _margin(t: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * RHO * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
 
 
+class _Stop(Exception):
+    """Raised by a band pass once every unit it collects for has been given up."""
+
+
 class _Band(Collector):
     """A bf16 pass collecting, for chosen units, every input whose score reaches the unit's threshold (dataset
-    index, score, batch size, label), and the best score below it (the new floor)."""
+    index, score, batch size, label), and the best score below it (the new floor).
+
+    A layer whose band holds more than half the inputs seen (after `patience` inputs) is given up: re-scoring
+    most of the dataset costs more than the float32 pass its units then get. So is the fullest unit whenever the
+    pairs kept exceed `limit`."""
 
     name = "band"
 
-    def __init__(self, thresholds: dict[str, torch.Tensor], limit: int) -> None:
-        self.thresholds, self.limit = thresholds, limit
+    def __init__(self, thresholds: dict[str, torch.Tensor], limit: int, patience: int) -> None:
+        self.thresholds, self.limit, self.patience = thresholds, limit, patience
+        self.seen = {name: 0 for name in thresholds}
+        self.hits = {name: 0 for name in thresholds}
         self.parts: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in thresholds}
         self.floor = {name: torch.full_like(t, float("-inf")) for name, t in thresholds.items()}
         self.counts = {name: torch.zeros(t.shape, dtype=torch.int64) for name, t in thresholds.items()}
@@ -85,6 +96,11 @@ class _Band(Collector):
         inside = scores >= theta
         below = torch.where(inside, torch.full_like(scores, float("-inf")), scores).amax(0)
         self.floor[name] = torch.maximum(self.floor[name], below)
+        self.seen[name] += scores.shape[0]
+        self.hits[name] += int(inside.any(1).sum())
+        if self.seen[name] >= self.patience and 2 * self.hits[name] > self.seen[name]:
+            self._give_up(name, theta < float("inf"))
+            return
         b, u = torch.nonzero(inside, as_tuple=True)
         if u.numel() == 0:
             return
@@ -94,17 +110,20 @@ class _Band(Collector):
         self.counts[name] += torch.bincount(u, minlength=theta.numel())
         self._enforce_limit()
 
+    def _give_up(self, name: str, units: torch.Tensor) -> None:
+        self.overflow[name] |= units
+        self.thresholds[name][units] = float("inf")
+        self.counts[name][units] = 0
+        self.parts[name] = [tuple(t[keep] for t in part) for part in self.parts[name] for keep in [~units[part[0]]]]
+        if all(bool((t == float("inf")).all()) for t in self.thresholds.values()):
+            raise _Stop
+
     def _enforce_limit(self) -> None:
-        total = sum(int(c.sum()) for c in self.counts.values())
-        while total > self.limit:  # give up on the fullest unit: it falls back to a float32 pass
+        while sum(int(c.sum()) for c in self.counts.values()) > self.limit:  # give up on the fullest unit
             name = max(self.counts, key=lambda n: int(self.counts[n].max()) if self.counts[n].numel() else -1)
-            unit = int(self.counts[name].argmax())
-            total -= int(self.counts[name][unit])
-            self.counts[name][unit] = 0
-            self.overflow[name][unit] = True
-            self.thresholds[name][unit] = float("inf")
-            self.parts[name] = [tuple(t[keep] for t in part) for part in self.parts[name]
-                                for keep in [part[0] != unit]]
+            fullest = torch.zeros_like(self.overflow[name])
+            fullest[int(self.counts[name].argmax())] = True
+            self._give_up(name, fullest)
 
     def rows(self, name: str, units: int) -> Rows:
         """The collected inputs as `Rows` (units without a threshold get an empty row)."""
@@ -166,20 +185,64 @@ def _exact_topk(r: Rows, k: int) -> dict[str, torch.Tensor]:
 
 def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None],
             fallback: Callable[[Plan], State], plan: Plan, candidates: State, k: int
-            ) -> tuple[State, dict[str, Any]]:
+            ) -> tuple[State, State | None, dict[str, Any]]:
     """Exact top-k states (per layer, (U, k) tensors as `TopKCollector` keeps them) from a bf16 candidate state.
 
     `runner_factory` gives float32 runners for `rescore`; `bf16_pass(plan, collector)` runs the bf16 network over
-    the scanned items for a sub-plan's layers with one collector; `fallback(plan)` runs a float32 top-k scan of a
-    sub-plan and returns its merged top-k state. Returns (state, report)."""
-    layers = {lp.name: lp for lp in plan.layers}
+    the scanned items for a sub-plan's layers with one collector; `fallback(plan)` runs a float32 scan of a
+    sub-plan and returns its merged states ({"topk": ..., "stats": ...}). Returns (top-k state, float32 statistics
+    state when the fallback covered every layer, else None, report)."""
     rows = {name: Rows.make(c["indices"], c["values"], c["batch_sizes"], c["labels"], c["floor"])
             for name, c in candidates.items()}
+    names = [lp.name for lp in plan.layers]
     table = Table(plan.layers)
     report: dict[str, Any] = {"rescored_images": set(), "rescore_rounds": 0, "rescore_batches": 0, "rescore_padding": 0,
-                              "band_passes": 0, "band_units": {}, "band_pairs": 0}
+                              "band_passes": 0, "band_units": {}, "band_pairs": 0, "error_ratio": {}}
     given_up = {name: torch.zeros(r.indices.shape[0], dtype=torch.bool) for name, r in rows.items()}
-    # Units whose band clearly outgrew their candidates get their band before any float32 work.
+    # Probe: each unit's three best bf16 inputs in float32 measure how far bf16 is from float32 on each layer.
+    # Where the median unit's error bound reaches 1/8 of its k-th value, its band would hold most of the dataset:
+    # that layer and every layer before it are computed by one float32 pass instead (exact by construction).
+    probe = {name: r.valid & (torch.arange(r.indices.shape[1]) < PROBE) for name, r in rows.items()}
+    _record(report, rescore(runner_factory, plan.layers, rows, table, probe, k=k))
+    depth = -1  # layers[:depth + 1] go to the float32 pass
+    for i, (name, r) in enumerate(rows.items()):
+        t16 = _kth(r.s16, r.valid, k).abs()
+        diff = torch.where(r.found, (r.s32 - r.s16).abs(), torch.zeros_like(r.s16)).amax(1)
+        ratio = float(torch.where(t16 > 0, 2 * diff / t16, torch.zeros_like(t16)).median())
+        report["error_ratio"][name] = round(ratio, 4)
+        if ratio > HOPELESS:
+            depth = i
+    rest = {name: rows[name] for name in names[depth + 1:]}
+    certified = {name: torch.ones(rows[name].indices.shape[0], dtype=torch.bool) for name in names[depth + 1:]}
+    if rest:
+        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k)
+    # Positions (row, col) for the final top-k entries whose pair was never asked for.
+    final = {name: _topk_slots(r, k) for name, r in rest.items()}
+    _record(report, rescore(runner_factory, plan.layers, rest, table, final, positions=True))
+    state = {name: _exact_topk(r, k) for name, r in rest.items()}
+    for name, ok in certified.items():
+        if not bool((ok & ~given_up[name]).all()):
+            depth = max(depth, names.index(name))
+    stats = None
+    report["float32_layers"] = names[:depth + 1]
+    if depth >= 0:  # one float32 pass up to the deepest open layer, for every unit of the layers it runs through
+        whole = depth == len(names) - 1
+        sub = replace(plan, layers=plan.layers[:depth + 1], candidates=0, precision="float32",
+                      stats=plan.stats and whole, topk=True)
+        exact = fallback(sub)
+        state.update(exact["topk"])
+        stats = exact.get("stats") if whole else None
+    report.update({"rescored_images": len(report["rescored_images"]),
+                   "units": sum(len(lp.channels) for lp in plan.layers), "rho": RHO})
+    return {name: state[name] for name in names}, stats, report
+
+
+def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
+                  rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
+                  k: int) -> dict[str, torch.Tensor]:
+    """Re-score and band passes until every unit of `rows` is certified or given up (in place); returns the
+    certified units per layer."""
+    # Units whose band clearly outgrew their candidates get their band before more float32 work.
     wide = {}
     for name, r in rows.items():
         t16 = _kth(r.s16, r.valid, k)
@@ -203,32 +266,13 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
             open_ = ~certified[name] & ~given_up[name] & (r.floor >= threshold) & (t32 > float("-inf"))
             if bool(open_.any()):
                 wide[name] = torch.where(open_, t32 - BAND * (t32 - threshold), torch.full_like(t32, float("inf")))
-                requests[name] = torch.zeros_like(r.valid)
         if not wide:
             break
         _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
         for name in wide:
             r = rows[name]
             requests[name] = r.valid & ((r.s16 >= wide[name][:, None]) & (wide[name] < float("inf"))[:, None])
-    # Positions (row, col) for the final top-k entries whose pair was never asked for.
-    final = {name: _topk_slots(r, k) for name, r in rows.items()}
-    _record(report, rescore(runner_factory, plan.layers, rows, table, final, positions=True))
-    state = {name: _exact_topk(r, k) for name, r in rows.items()}
-    failing = {name: [layers[name].channels[u] for u in torch.nonzero(~(ok & ~given_up[name])).flatten().tolist()]
-               for name, ok in certified.items()}
-    failing = {name: channels for name, channels in failing.items() if channels}
-    if failing:
-        sub = replace(plan, layers=tuple(replace(layers[n], channels=tuple(ch)) for n, ch in failing.items()),
-                      candidates=0, precision="float32", stats=False, topk=True)
-        exact = fallback(sub)
-        for name, channels in failing.items():
-            picked = torch.tensor([layers[name].channels.index(ch) for ch in channels])
-            for key in (*FIELDS, "keys"):
-                state[name][key][picked] = exact[name][key]
-    report.update({"rescored_images": len(report["rescored_images"]),
-                   "fallback_units": {name: len(ch) for name, ch in failing.items()},
-                   "units": sum(len(lp.channels) for lp in plan.layers), "rho": RHO})
-    return state, report
+    return certified
 
 
 def _record(report: dict[str, Any], done: dict[str, Any]) -> None:
@@ -254,7 +298,7 @@ def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], ta
     """Re-score the requests, then whatever the certificate asks for, until it asks for nothing new.
     Returns each layer's certified units."""
     while True:
-        _record(report, rescore(runner_factory, plan.layers, rows, table, requests))
+        _record(report, rescore(runner_factory, plan.layers, rows, table, requests, k=k))
         requests, certified = {}, {}
         for name, r in rows.items():
             ok, extra, _ = _check(r, k)
@@ -273,9 +317,12 @@ def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: d
     thresholds = {name: t for name, t in thresholds.items() if bool((t < float("inf")).any())}
     if not thresholds:
         return
-    collector = _Band({name: t.clone() for name, t in thresholds.items()}, BAND_LIMIT)
+    collector = _Band({name: t.clone() for name, t in thresholds.items()}, BAND_LIMIT, max(512, plan.items // 8))
     last = max(i for i, lp in enumerate(plan.layers) if lp.name in thresholds)
-    bf16_pass(replace(plan, layers=plan.layers[:last + 1], stats=False), collector)
+    try:
+        bf16_pass(replace(plan, layers=plan.layers[:last + 1], stats=False), collector)
+    except _Stop:
+        pass
     report["band_passes"] += 1
     for name, t in thresholds.items():
         take = t < float("inf")

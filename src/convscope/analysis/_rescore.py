@@ -157,11 +157,38 @@ class _Pairs(Collector):
 RunnerFactory = Callable[[Sequence[LayerPlan], int, Collector], AbstractContextManager[Any]]
 
 
+def _fillers(rows: dict[str, Rows], depth_of: dict[str, int], table: Table, k: int) -> list[tuple[int, int, int]]:
+    """Images not yet re-scored, likeliest to be asked for next first: (size, deepest layer position, index), ranked
+    by how close their best bf16 score comes to its unit's k-th bf16 value (relative)."""
+    best: dict[int, tuple[float, int, int]] = {}
+    for name, r in rows.items():
+        valid = r.valid & ~r.found
+        if not bool(valid.any()):
+            continue
+        masked = torch.where(r.valid, r.s16, torch.full_like(r.s16, float("-inf")))
+        kth = masked.topk(min(k, masked.shape[1]), dim=1).values[:, -1:]
+        close = ((r.s16 - kth) / kth.abs().clamp(min=1e-30))[valid]
+        depth = depth_of[name]
+        for image, size, near in zip(r.indices[valid].tolist(), r.sizes[valid].tolist(), close.tolist()):
+            if table.depth.get(image, -1) >= depth:
+                continue
+            old = best.get(image)
+            if old is None or near > old[0]:
+                best[image] = (near, size, depth if old is None else max(depth, old[2]))
+            elif depth > old[2]:
+                best[image] = (old[0], old[1], depth)
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+    return [(size, depth, image) for image, (_, size, depth) in ranked]
+
+
 def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: dict[str, Rows], table: Table,
-            requests: dict[str, torch.Tensor], *, positions: bool = False) -> dict[str, Any]:
+            requests: dict[str, torch.Tensor], *, positions: bool = False, k: int = 1) -> dict[str, Any]:
     """Make the float32 score of every requested valid slot known (`requests`: layer -> (U, M) bool mask), re-running
     in float32 the images that have not yet run through its layer (with `positions`, also those whose pair has no
     position yet), then fill every layer's rows from the table.
+
+    The last batch of each size is filled with the images likeliest to be asked for in a later round (see
+    `_fillers`, `k` the top-k size) rather than padded with copies: that batch runs anyway.
 
     `runner_factory(layers, batch_size, collector)` gives a float32 `ShardRunner` context over the dataset for the
     layers `layers` (it stops after the last). Returns the images re-run and counts of batches and padded slots.
@@ -185,6 +212,7 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
             need[image] = (size, depth if old is None else max(old[1], depth))
     counts: dict[str, Any] = {"images": set(need), "batches": 0, "padding": 0}
     collector = _Pairs(table, pending)
+    fillers = _fillers(rows, depth_of, table, k) if need else []
     for size in sorted({s for s, _ in need.values()}):
         group = sorted((-d, i) for i, (s, d) in need.items() if s == size)  # deepest first, then by index
         runs: list[tuple[int, list[int]]] = []  # (depth, order) with consecutive batches of one depth together
@@ -192,6 +220,10 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
             chunk = group[start:start + size]
             depth = -chunk[0][0]
             order = [i for _, i in chunk]
+            if len(order) < size:
+                extra = [i for s, d, i in fillers if s == size and d <= depth and i not in need][:size - len(order)]
+                counts["images"].update(extra)
+                order += extra
             counts["padding"] += size - len(order)
             order += [order[0]] * (size - len(order))
             if runs and runs[-1][0] == depth:

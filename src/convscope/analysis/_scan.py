@@ -167,9 +167,9 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
             recipe: Recipe) -> Scan:
     channels = {lp.name: lp.channels for lp in plan.layers}
     topk_state = acc.states.get("topk")
-    report = None
+    report, exact_stats = None, None
     if "candidates" in acc.states:
-        topk_state, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"])
+        topk_state, exact_stats, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"])
     result_topk = None
     if topk_state is not None:
         layers = {name: LayerTopK(name, channels[name], *(topk_state[name][f].clone() for f in
@@ -183,7 +183,9 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
     if "stats" in acc.states:
         exact: tuple[str, ...] = ("mean", "std", "max", "active", "hist", "dead")
         state = acc.states["stats"]
-        if plan.precision == "bf16":
+        if exact_stats is not None:  # the float32 pass that made the top-k exact also ran every layer's statistics
+            state = exact_stats
+        elif plan.precision == "bf16":
             exact = ()
             if result_topk is not None and plan.by == "max":  # the exact top-1 is the exact max
                 exact = ("max", "dead")
@@ -194,7 +196,7 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
 
 
 def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dict[str, Any]
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """The exact top-k of a bf16 scan: its candidates re-scored in float32 and certified (see `_certify`)."""
     from ._certify import certify
 
@@ -207,9 +209,10 @@ def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dic
             runner.run_items(range(plan.items))
 
     def fallback(sub: Plan) -> dict[str, Any]:
-        inner = Accumulator(sub, [TopKCollector(plan.k)], "fallback", None)
+        collectors: list[Collector] = [TopKCollector(plan.k)] + ([StatsCollector()] if sub.stats else [])
+        inner = Accumulator(sub, collectors, "fallback", None)
         run_local(spec, dataset, sub, inner.collectors, inner)
-        return inner.states["topk"]
+        return inner.states
 
     return certify(runner_factory, bf16_pass, fallback, plan, candidates, plan.k)
 
