@@ -21,6 +21,7 @@ By = Literal["max", "mean"]
 State = dict[str, Any]
 
 EMPTY_KEY = torch.iinfo(torch.int64).min
+CHUNK_BYTES = 4 << 20
 _LOW32 = 0xFFFFFFFF
 
 
@@ -180,6 +181,34 @@ class LayerBatch:
     def score(self) -> torch.Tensor:
         return self.peak if self.by == "max" else self.sums / self.positions_per_input
 
+    def reduce(self, needs: set[str]) -> None:
+        """Compute the reductions `needs` (of "peak", "sums", "squares") together. A big float32 NCHW output is read
+        in chunks of a few images (about `CHUNK_BYTES`), so the second and third reductions read from cache: up to
+        a third less time on MobileNetV2's early layers. Per-(input, unit) values are the same bits either way (each
+        is one row's reduction); with `by="mean"` the sums are left whole, so the ranking value is computed exactly
+        as a plain `sum` over the batch computes it."""
+        wanted = [n for n in ("peak", "sums", "squares") if n in needs and n not in self.__dict__]
+        out = self.output
+        if (len(wanted) < 2 or self.by != "max" or not self.plan.spatial or not self._nchw
+                or out.dtype != torch.float32):
+            return
+        per = max(1, CHUNK_BYTES // (out[0].numel() * out.element_size()))
+        if per >= out.shape[0]:
+            return
+        got = {name: torch.empty(out.shape[:2], device=out.device) for name in wanted}
+        for start in range(0, out.shape[0], per):
+            chunk, part = out[start:start + per], slice(start, start + per)
+            if "peak" in got:
+                torch.amax(chunk, (2, 3), out=got["peak"][part])
+            if "sums" in got:
+                torch.sum(chunk, (2, 3), out=got["sums"][part])
+            if "squares" in got:
+                torch.linalg.vector_norm(chunk, dim=(2, 3), out=got["squares"][part])
+        if "squares" in got:
+            got["squares"] = got["squares"] ** 2
+        for name, value in got.items():
+            self.__dict__[name] = self._units(value)  # what the cached properties would have computed
+
     def positions(self, rows: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, col) of the first spatial max of inputs `rows` (N,) at unit positions `units` (N,) (indices into
         the chosen channels); (-1, -1) for layers without spatial axes."""
@@ -187,7 +216,11 @@ class LayerBatch:
             fill = torch.full_like(rows, -1)
             return fill, fill.clone()
         channels = units if self._select is None else self._select[units]
-        maps = self.output[rows, channels].flatten(1)  # (N, H*W)
+        out = self.output
+        if self._nchw:  # whole rows of the (B*C, H*W) view: a plain row copy
+            maps = out.view(-1, out.shape[2] * out.shape[3]).index_select(0, rows * out.shape[1] + channels)
+        else:
+            maps = out[rows, channels].flatten(1)  # (N, H*W)
         flat = maps.argmax(1)  # the first maximal value, in row-major order
         width = self.output.shape[3]
         return flat // width, flat % width
@@ -195,6 +228,8 @@ class LayerBatch:
 
 class Collector:
     """One view a scan computes. Subclasses implement the four steps; states are plain dicts of tensors/values.
+    `needs` names the `LayerBatch` reductions `update` reads ("peak", "sums", "squares"), so the runner can compute
+    them together.
 
     - `empty(plan)`: the state of nothing seen;
     - `update(state, batch)`: fold one layer's batch (a `LayerBatch`) into `state`, in place;
@@ -203,6 +238,7 @@ class Collector:
     """
 
     name: str = "collector"
+    needs: frozenset[str] = frozenset()
 
     def empty(self, plan: Plan) -> State:
         raise NotImplementedError

@@ -139,6 +139,7 @@ class ShardRunner:
     def __init__(self, spec: Any, dataset: Dataset, plan: Plan, collectors: Sequence[Collector]) -> None:
         self.spec, self.dataset, self.plan, self.collectors = spec, dataset, plan, list(collectors)
         self._by_call = {(lp.path, lp.call): lp for lp in plan.layers}
+        self._needs = set().union(*(c.needs for c in self.collectors))
         self._states: dict[str, Any] = {}
         self._batch = None
         self._stack = contextlib.ExitStack()
@@ -163,6 +164,7 @@ class ShardRunner:
             return
         indices, labels = self._batch
         view = LayerBatch(layer, self.plan.by, output, indices, labels)
+        view.reduce(self._needs)
         for collector in self.collectors:
             collector.update(self._states[collector.name], view)
 

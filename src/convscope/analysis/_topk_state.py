@@ -54,6 +54,7 @@ class TopKCollector(Collector):
     set (the bf16 candidates), else -inf."""
 
     name = "topk"
+    needs = frozenset({"peak"})  # with by="mean" the score comes from the sums, which reduce() leaves alone
 
     positions = True  # (row, col) of each kept input's max; the bf16 candidates get theirs in float32
     track_floor = False  # the best value dropped: only the bf16 candidates need it (their certificate)
