@@ -121,13 +121,14 @@ class Table:
 
 
 class _Pairs(Collector):
-    """Stores each re-run batch's float32 scores in the `Table`, and the positions of the pending pairs whose image
-    is in the batch (its own state is empty)."""
+    """Stores each re-run batch's float32 scores in the `Table`, and the positions of every row slot (unit, input)
+    whose input is in the batch and has none yet: later rounds may ask about any of them (its own state is
+    empty)."""
 
     name = "rescore"
 
-    def __init__(self, table: Table, pending: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.table, self.pending = table, pending
+    def __init__(self, table: Table, rows: dict[str, Rows]) -> None:
+        self.table, self.rows = table, rows
 
     def empty(self, plan: Plan) -> State:
         return {}
@@ -139,19 +140,26 @@ class _Pairs(Collector):
         name = batch.plan.name
         here = batch.indices.cpu()
         self.table.scores[name].add(here, batch.score.cpu())
-        got = self.pending.get(name)
-        if got is None:
+        r = self.rows.get(name)
+        if r is None:
             return
-        units, images = got
+        units, slots = torch.nonzero(r.valid & ~r.placed, as_tuple=True)
+        if units.numel() == 0:
+            return
+        images = r.indices[units, slots]
         ordered, order = torch.sort(here)
         place = torch.searchsorted(ordered, images).clamp(max=len(ordered) - 1)
         hit = ordered[place] == images
         if not bool(hit.any()):
             return
         device = batch.output.device
-        r, c = batch.positions(order[place[hit]].to(device), units[hit].to(device))
+        rr, cc = batch.positions(order[place[hit]].to(device), units[hit].to(device))
+        rr, cc = rr.cpu(), cc.cpu()
         keys = images[hit] * self.table.units[name] + units[hit]
-        self.table.places[name].add(keys, torch.stack([r.cpu(), c.cpu()], 1))
+        self.table.places[name].add(keys, torch.stack([rr, cc], 1))
+        u, s = units[hit], slots[hit]
+        r.rows[u, s], r.cols[u, s] = rr, cc
+        r.placed[u, s] = True
 
 
 RunnerFactory = Callable[[Sequence[LayerPlan], int, Collector], AbstractContextManager[Any]]
@@ -194,7 +202,6 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
     layers `layers` (it stops after the last). Returns the images re-run and counts of batches and padded slots.
     """
     depth_of = {lp.name: i for i, lp in enumerate(layers)}
-    pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     need: dict[int, tuple[int, int]] = {}  # image -> (batch size, deepest layer position)
     for name, mask in requests.items():
         r = rows[name]
@@ -203,7 +210,6 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
         if units.numel() == 0:
             continue
         images = r.indices[units, slots]
-        pending[name] = (units, images)
         depth = depth_of[name]
         for image, size in zip(images.tolist(), r.sizes[units, slots].tolist()):
             if not positions and table.depth.get(image, -1) >= depth:
@@ -211,7 +217,7 @@ def rescore(runner_factory: RunnerFactory, layers: Sequence[LayerPlan], rows: di
             old = need.get(image)
             need[image] = (size, depth if old is None else max(old[1], depth))
     counts: dict[str, Any] = {"images": set(need), "batches": 0, "padding": 0}
-    collector = _Pairs(table, pending)
+    collector = _Pairs(table, rows)
     fillers = _fillers(rows, depth_of, table, k) if need else []
     for size in sorted({s for s, _ in need.values()}):
         group = sorted((-d, i) for i, (s, d) in need.items() if s == size)  # deepest first, then by index
