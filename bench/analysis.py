@@ -1,19 +1,31 @@
 """Dataset scans: how close the top-k + statistics pass runs to the plain forward pass, what bf16 buys, and whether
 memory stays flat as the dataset grows.
 
-Throughput: the scan (top-k + statistics, float32) against the plain float32 forward pass of the same model over the
-same batches from the same dataset (data loading included in both), runs interleaved (plain, scan, bf16 scan,
-plain, ...) so machine noise hits all alike; the ratio of medians is reported with the spread over repetitions.
+Throughput: the scan (top-k + statistics) against the plain float32 forward pass of the same model over the same
+batches from the same dataset (data loading included in both), runs interleaved (plain, scan, bf16 scan, bf16
+forward, plain, ...) so machine noise hits all alike. Each run is timed by the wall clock and by the process's CPU
+time (`time.process_time`, which other processes' load does not inflate); ratios are reported per repetition (the
+runs of one repetition are minutes apart at most) and as the median, with their range. `--threads` pins torch's
+threads (default 1, as the other benchmarks: on a shared 2-core machine two threads spend much of their time
+waiting for each other at every parallel region, which measures the scheduler rather than the scan).
+
+The "bf16 forward" run is the ceiling of a bf16 scan: the plain model's forward in bfloat16 as the scan's bf16 pass
+runs it (a private copy with BatchNorm folded and channels-last weights, under autocast), nothing else. A bf16
+scan is exact, so it also re-scores candidates in float32; its ratio is bounded by this forward's.
+
 Memory: each run in a fresh subprocess (ru_maxrss), Fashion-MNIST 10k (test split) vs 60k (train split).
 
-    python -m bench analysis                 # fashion-cnn 10k + MobileNetV2 on photo crops, memory 10k vs 60k
+    python -m bench analysis                 # fashion-cnn 10k, MobileNetV2 on 1024 photos, memory 10k vs 60k
     python -m bench analysis --quick         # smaller, for a smoke test
+    python -m bench analysis --save          # also write bench/results/analysis.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -24,6 +36,9 @@ import numpy as np
 import torch
 
 from ._report import report
+
+FASHION_LAYERS = (["conv1", "conv2"], "all")
+MOBILE_LAYERS = ["features.4", "features.7", "features.10", "features.14"]
 
 
 def cpu_model() -> str:
@@ -36,8 +51,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's bfloat16-related features (what the bf16 figures depend on)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx"))
+    except OSError:
+        pass
+    return []
+
+
 def photo_crops(count: int, size: int = 224, seed: int = 0):
-    """`count` crops of scikit-image's sample photos (random position and scale, seeded) as an image dataset."""
+    """`count` crops of scikit-image's sample photos (random position and scale, seeded) as an image dataset: the
+    stand-in when the `photos` dataset (`python -m convscope.data.photos`) is not built."""
     import skimage.data
 
     from convscope.data import ArrayDataset
@@ -59,12 +86,44 @@ def photo_crops(count: int, size: int = 224, seed: int = 0):
     return ArrayDataset(np.stack(crops), np.array(labels), [n for n in names if hasattr(skimage.data, n)])
 
 
-def plain_pass(spec, dataset, batch_size: int, limit: int | None) -> None:
+def photos(count: int):
+    """The first `count` items (spread over every source photo) of the `photos` dataset, else `photo_crops`."""
+    from convscope.data import Subset, resolve
+    from convscope.errors import ConvscopeError
+
+    try:
+        folder = resolve("photos")
+    except ConvscopeError:
+        return photo_crops(count), "photo_crops (skimage)"
+    step = max(1, len(folder) // count)
+    return Subset(folder, range(0, step * count, step)[:count]), f"photos ({len(folder)} crops, every {step}th)"
+
+
+def plain_pass(spec, dataset, batch_size: int, limit: int | None, bf16: bool = False) -> None:
+    """The model's forward over the dataset's batches, nothing kept; with `bf16`, as the scan's bf16 pass runs it."""
     from convscope import data, hooks
+    from convscope.analysis._engine import _bf16_network
 
     with hooks.frozen(spec.module) as net, torch.inference_mode():
+        if bf16:
+            net = _bf16_network(net, spec.example_input(), [])
         for batch in data.batches(dataset, spec, batch_size, limit=limit):
-            net(batch.inputs)
+            if bf16:
+                with torch.autocast(batch.inputs.device.type, dtype=torch.bfloat16):
+                    net(batch.inputs.contiguous(memory_format=torch.channels_last))
+            else:
+                net(batch.inputs)
+
+
+def _ratios(runs: dict[str, list[tuple[float, float]]], kind: str) -> dict:
+    """Throughput of `kind` over the plain forward's: per repetition and median, by wall clock and CPU time."""
+    out = {}
+    for clock, i in (("wall", 0), ("cpu", 1)):
+        per = [p[i] / r[i] for p, r in zip(runs["plain"], runs[kind])]
+        median = statistics.median(p[i] for p in runs["plain"]) / statistics.median(r[i] for r in runs[kind])
+        out[clock] = {"median": round(median, 3), "per_rep": [round(x, 3) for x in per],
+                      "range": [round(min(per), 3), round(max(per), 3)]}
+    return out
 
 
 def throughput(name: str, spec, dataset, layers, *, batch_size: int, limit: int | None, reps: int,
@@ -72,31 +131,36 @@ def throughput(name: str, spec, dataset, layers, *, batch_size: int, limit: int 
     from convscope import analysis
 
     items = len(dataset) if limit is None else min(limit, len(dataset))
-    runs: dict[str, list[float]] = {"plain": [], "scan": [], "scan_bf16": []}
-    report_bf16 = None
-    for rep in range(reps + 1):  # the first round warms up (oneDNN primitives, allocator)
-        for kind in runs:
-            if kind == "scan_bf16" and not bf16:
-                continue
-            start = time.perf_counter()
-            if kind == "plain":
-                plain_pass(spec, dataset, batch_size, limit)
-            else:
-                result = analysis.scan(spec, dataset, layers, batch_size=batch_size, limit=limit,
-                                       precision="bf16" if kind == "scan_bf16" else "float32")
-                if kind == "scan_bf16":
-                    report_bf16 = result.bf16
-            if rep:
-                runs[kind].append(items / (time.perf_counter() - start))
-    plain = statistics.median(runs["plain"])
+    kinds = ["plain", "scan"] + (["scan_bf16", "plain_bf16"] if bf16 else [])
+    runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    reports = []
+
+    def run(kind: str, count: int | None) -> None:
+        if kind.startswith("plain"):
+            plain_pass(spec, dataset, batch_size, count, bf16=kind == "plain_bf16")
+        else:
+            result = analysis.scan(spec, dataset, layers, batch_size=batch_size, limit=count,
+                                   precision="bf16" if kind == "scan_bf16" else "float32")
+            if kind == "scan_bf16" and count == limit:
+                reports.append(result.bf16)
+
+    for kind in kinds:  # warm-up on two batches: libraries, oneDNN primitives, the allocator
+        run(kind, 2 * batch_size)
+    load = [round(os.getloadavg()[0], 2)]
+    for _ in range(reps):
+        for kind in kinds:
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(kind, limit)
+            runs[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
+        load.append(round(os.getloadavg()[0], 2))
     out = {"model": name, "layers": layers, "items": items, "batch_size": batch_size, "reps": reps,
-           "items_per_s": {k: [round(v, 1) for v in r] for k, r in runs.items() if r},
-           "scan_vs_plain": round(statistics.median(runs["scan"]) / plain, 3),
-           "scan_vs_plain_range": [round(min(runs["scan"]) / max(runs["plain"]), 3),
-                                   round(max(runs["scan"]) / min(runs["plain"]), 3)]}
+           "load_average": load,
+           "items_per_s_wall": {k: [round(items / w, 1) for w, _ in r] for k, r in runs.items()},
+           "scan_vs_plain": _ratios(runs, "scan")}
     if bf16:
-        out["bf16_scan_vs_plain_float32"] = round(statistics.median(runs["scan_bf16"]) / plain, 3)
-        out["bf16_report"] = report_bf16
+        out["bf16_scan_vs_plain_float32"] = _ratios(runs, "scan_bf16")
+        out["bf16_forward_vs_plain_float32"] = _ratios(runs, "plain_bf16")
+        out["bf16_report"] = reports[-1] if reports else None
     return out
 
 
@@ -121,51 +185,74 @@ def memory(split: str, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _line(r: dict) -> str:
+    layers = r["layers"] if isinstance(r["layers"], str) else ",".join(r["layers"])
+    s = r["scan_vs_plain"]
+    text = (f"{r['model']} {layers}: scan/plain cpu {s['cpu']['median']} {s['cpu']['range']}, "
+            f"wall {s['wall']['median']} {s['wall']['range']}")
+    if "bf16_scan_vs_plain_float32" in r:
+        b, f = r["bf16_scan_vs_plain_float32"], r["bf16_forward_vs_plain_float32"]
+        text += (f"; bf16 scan/plain float32 cpu {b['cpu']['median']} {b['cpu']['range']}, wall {b['wall']['median']}"
+                 f"; bf16 forward alone cpu {f['cpu']['median']}, wall {f['wall']['median']}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     from convscope.models import load
 
     parser = argparse.ArgumentParser(prog="python -m bench analysis", description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--photos", type=int, default=256, help="MobileNetV2 photo crops (default 256)")
+    parser.add_argument("--photos", type=int, default=1024, help="MobileNetV2 photo crops (default 1024)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", action="store_true", help="write bench/results/analysis.json")
+    parser.add_argument("--only", choices=["fashion", "mobilenet", "memory"], action="append",
+                        help="run only these parts (repeatable; default all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.reps, args.photos = 1, 32
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {args.threads} threads", flush=True)
+        args.reps, args.photos = 1, 64
+    parts = set(args.only or ["fashion", "mobilenet", "memory"])
+    print(f"CPU: {cpu_model()} ({', '.join(cpu_flags()) or 'no bf16 features'}); torch {torch.__version__}, "
+          f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
-    fashion = load("convscope:fashion-cnn")
-    from convscope.data import resolve
+    data_note = {}
+    if "fashion" in parts:
+        from convscope.data import resolve
 
-    test = resolve("fashion-mnist")
-    limit = 2000 if args.quick else None
-    for layers in (["conv1", "conv2"], "all"):
-        rows.append(throughput("convscope:fashion-cnn", fashion, test, layers, batch_size=256, limit=limit,
-                               reps=args.reps))
-        print(json.dumps(rows[-1]), flush=True)
-    mobile = load("torchvision:mobilenet_v2@IMAGENET1K_V1")
-    crops = photo_crops(args.photos)
-    for layers in (["features.4", "features.7", "features.10", "features.14"], "all"):
-        rows.append(throughput("torchvision:mobilenet_v2@IMAGENET1K_V1", mobile, crops, layers, batch_size=32,
-                               limit=None, reps=args.reps, bf16=layers != "all"))
-        print(json.dumps(rows[-1]), flush=True)
-    mem = {split: memory(split, args.threads) for split in ("test", "train")}
-    small, large = mem["test"], mem["train"]
-    mem["peak_ratio_60k_10k"] = round(large["peak_mb"] / small["peak_mb"], 3)
-    mem["scan_growth_ratio_60k_10k"] = round((large["peak_mb"] - large["baseline_mb"])
-                                             / max(1e-9, small["peak_mb"] - small["baseline_mb"]), 3)
-    print(json.dumps(mem), flush=True)
-    payload = {"cpu": cpu_model(), "torch": torch.__version__, "threads": args.threads, "throughput": rows,
-               "memory": mem}
-    lines = [f"{r['model']} {r['layers'] if isinstance(r['layers'], str) else ','.join(r['layers'])}: "
-             f"scan/plain {r['scan_vs_plain']} (range {r['scan_vs_plain_range']})"
-             + (f", bf16 scan/plain float32 {r['bf16_scan_vs_plain_float32']}" if "bf16_scan_vs_plain_float32" in r
-                else "") for r in rows]
-    lines.append(f"memory 60k/10k peak {mem['peak_ratio_60k_10k']} (scan's own growth {mem['scan_growth_ratio_60k_10k']})")
-    report("analysis", payload, save=args.save, as_json=args.json, summary="\n".join(lines))
+        fashion = load("convscope:fashion-cnn")
+        test = resolve("fashion-mnist")
+        limit = 2048 if args.quick else None
+        data_note["fashion"] = f"Fashion-MNIST test split, {limit or len(test)} images"
+        for layers in FASHION_LAYERS:
+            rows.append(throughput("convscope:fashion-cnn", fashion, test, layers, batch_size=256, limit=limit,
+                                   reps=args.reps))
+            print(_line(rows[-1]), flush=True)
+    if "mobilenet" in parts:
+        mobile = load("torchvision:mobilenet_v2@IMAGENET1K_V1")
+        crops, note = photos(args.photos)
+        data_note["mobilenet"] = f"{len(crops)} images of {note}"
+        for layers in (MOBILE_LAYERS, "all"):
+            rows.append(throughput("torchvision:mobilenet_v2@IMAGENET1K_V1", mobile, crops, layers, batch_size=32,
+                                   limit=None, reps=args.reps, bf16=layers != "all"))
+            print(_line(rows[-1]), flush=True)
+    mem = {}
+    if "memory" in parts:
+        mem = {split: memory(split, args.threads) for split in ("test", "train")}
+        small, large = mem["test"], mem["train"]
+        mem["peak_ratio_60k_10k"] = round(large["peak_mb"] / small["peak_mb"], 3)
+        mem["scan_growth_ratio_60k_10k"] = round((large["peak_mb"] - large["baseline_mb"])
+                                                 / max(1e-9, small["peak_mb"] - small["baseline_mb"]), 3)
+        print(json.dumps(mem), flush=True)
+    payload = {"cpu": cpu_model(), "cpu_bf16_features": cpu_flags(), "torch": torch.__version__,
+               "threads": args.threads, "quick": args.quick, "data": data_note, "throughput": rows, "memory": mem}
+    lines = [_line(r) for r in rows]
+    if mem:
+        lines.append(f"memory 60k/10k peak {mem['peak_ratio_60k_10k']} "
+                     f"(scan's own growth {mem['scan_growth_ratio_60k_10k']})")
+    with contextlib.suppress(BrokenPipeError):
+        report("analysis", payload, save=args.save, as_json=args.json, summary="\n".join(lines))
     return 0
 
 

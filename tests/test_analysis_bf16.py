@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from convscope import analysis, data, hooks
-from convscope.analysis import _certify
+from convscope.analysis import _certify, _scan
 from convscope.analysis._stats_state import HIST_EDGES, hist_bins
 from convscope.models import load
 
@@ -67,13 +67,21 @@ def test_fashion_bf16_without_bands_or_with_float32_layers_is_still_exact(fashio
     fast = analysis.scan(spec, fashion, layers, precision="bf16", **options)
     _same_topk(fast.topk, exact.topk)
     assert fast.bf16["float32_layers"]
-    # Every layer judged too far from float32: one float32 pass, with exact statistics too.
+    # Every layer judged too far from float32 after the bf16 pass: one float32 pass, with exact statistics too.
     monkeypatch.setattr(_certify, "HOPELESS", -1.0)
+    monkeypatch.setattr(_scan, "_bf16_pilot", lambda *args: ("bf16", None))  # the pilot lets it through
     fast = analysis.scan(spec, fashion, layers, precision="bf16", **options)
     _same_topk(fast.topk, exact.topk)
     assert fast.bf16["float32_layers"] == layers
     assert fast.stats.to_dict()["layers"] == exact.stats.to_dict()["layers"]
     assert fast.stats.exact == exact.stats.exact
+    # ... or already by the pilot on the first inputs: then no bf16 pass at all, and a float32 scan's result.
+    monkeypatch.undo()
+    monkeypatch.setattr(_certify, "HOPELESS", -1.0)
+    fast = analysis.scan(spec, fashion, layers, precision="bf16", **options)
+    assert fast.bf16["declined"] and set(fast.bf16["error_ratio"]) == set(layers)
+    assert fast.topk.to_dict()["layers"] == exact.topk.to_dict()["layers"]
+    assert fast.stats.to_dict()["layers"] == exact.stats.to_dict()["layers"]
 
 
 def test_saturated_ties_stay_exact():

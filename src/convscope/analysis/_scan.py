@@ -3,6 +3,7 @@ activation statistics; locally or on Ray, checkpointed per shard, exact (and sti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -144,9 +145,14 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     if shard < 1:
         raise OptionError(f"shard_size must be at least 1, got {shard_size}")
     shard = -(-shard // batch_size) * batch_size
+    declined = None
+    if resolved == "bf16" and topk:
+        resolved, declined = _bf16_pilot(spec, dataset, plans, by, batch_size, items)
     candidates = 4 * k + 16 if resolved == "bf16" and topk else 0
     plan = Plan(tuple(plans), k, by, topk, stats, batch_size, shard, items, resolved, candidates)
     params = {**_describe_data(data, dataset, split), **plan.describe(), "limit": limit, "precision_asked": precision}
+    if declined is not None:
+        params["bf16_declined"] = declined
     recipe = Recipe(kind="scan", model=spec.describe(), params=params)
     collectors: list[Collector] = []
     if topk:
@@ -160,7 +166,34 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
         run_ray(spec, dataset, plan, collectors, acc, address=address, workers=workers, progress=progress)
     else:
         run_local(spec, dataset, plan, collectors, acc, progress)
-    return _finish(spec, dataset, plan, collectors, acc, recipe)
+    result = _finish(spec, dataset, plan, collectors, acc, recipe)
+    if declined is not None:
+        result = dataclasses.replace(result, bf16={"declined": True, **declined})
+    return result
+
+
+def _bf16_pilot(spec: ModelSpec, dataset: Dataset, plans: Sequence[LayerPlan], by: By, batch_size: int, items: int
+                ) -> tuple[Literal["float32", "bf16"], dict[str, Any] | None]:
+    """Run the first inputs in both precisions; if the deepest layer's bf16 error is too large for a useful band
+    (`_certify.HOPELESS`), an exact bf16 scan would re-score most of the dataset in float32 after its bf16 pass:
+    scan in float32 outright. Returns the precision to use and, when bf16 is declined, why."""
+    from ._certify import HOPELESS, _Scores, pilot
+
+    count = min(items, batch_size, 64)
+    if count < 4:
+        return "bf16", None
+
+    def runner(precision: str) -> ShardRunner:
+        sub = Plan(tuple(plans), 1, by, True, False, count, count, count, precision)  # type: ignore[arg-type]
+        return ShardRunner(spec, dataset, sub, [_Scores()])
+
+    ratios = pilot(runner, range(count))
+    deepest = plans[-1].name
+    if ratios[deepest] <= HOPELESS:
+        return "bf16", None
+    return "float32", {"reason": f"bf16 error on {deepest!r} is {ratios[deepest]:.3f} of its top values (limit "
+                                 f"{HOPELESS:.3f}): an exact bf16 scan would re-score most inputs in float32",
+                       "error_ratio": {name: round(r, 4) for name, r in ratios.items()}, "pilot_items": count}
 
 
 def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Collector], acc: Accumulator,
