@@ -166,9 +166,9 @@ class _Scores(Collector):
 
 def pilot(runner: Callable[[str], AbstractContextManager[Any]], items: Sequence[int]) -> dict[str, float]:
     """Per layer, how far bf16 is from float32 on the first inputs: the median over units of 2 e / |t|, with t the
-    unit's best float32 score among `items` and e the largest difference on its three best bf16 inputs (the
-    measure `certify`'s probe takes on the whole dataset's best). `runner(precision)` gives a `ShardRunner` context
-    with a `_Scores` collector."""
+    unit's best float32 score among `items` and e the largest difference on the inputs whose bf16 score reaches
+    half its best (the responses a band is made of). `runner(precision)` gives a `ShardRunner` context with a
+    `_Scores` collector."""
     got = {}
     for precision in ("float32", "bf16"):
         with runner(precision) as run:
@@ -176,8 +176,8 @@ def pilot(runner: Callable[[str], AbstractContextManager[Any]], items: Sequence[
     ratios = {}
     for name, s32 in got["float32"].items():
         s16 = got["bf16"][name]
-        top = s16.topk(min(PROBE, s16.shape[0]), dim=0).indices  # (3, U)
-        e = (s32.gather(0, top) - s16.gather(0, top)).abs().amax(0)
+        high = s16 >= 0.5 * s16.amax(0)
+        e = torch.where(high, (s32 - s16).abs(), torch.zeros_like(s32)).amax(0)
         t = s32.amax(0).abs()
         ratios[name] = float(torch.where(t > 0, 2 * e / t, torch.zeros_like(t)).median())
     return ratios

@@ -174,20 +174,21 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
 
 def _bf16_pilot(spec: ModelSpec, dataset: Dataset, plans: Sequence[LayerPlan], by: By, batch_size: int, items: int
                 ) -> tuple[Literal["float32", "bf16"], dict[str, Any] | None]:
-    """Run the first inputs in both precisions; if the deepest layer's bf16 error is too large for a useful band
+    """Run 64 inputs spread over the dataset in both precisions; if the deepest layer's bf16 error is too large for a useful band
     (`_certify.HOPELESS`), an exact bf16 scan would re-score most of the dataset in float32 after its bf16 pass:
     scan in float32 outright. Returns the precision to use and, when bf16 is declined, why."""
     from ._certify import HOPELESS, _Scores, pilot
 
-    count = min(items, batch_size, 64)
+    count = min(items, 64)
     if count < 4:
         return "bf16", None
 
     def runner(precision: str) -> ShardRunner:
-        sub = Plan(tuple(plans), 1, by, True, False, count, count, count, precision)  # type: ignore[arg-type]
+        size = min(count, batch_size)
+        sub = Plan(tuple(plans), 1, by, True, False, size, count, count, precision)  # type: ignore[arg-type]
         return ShardRunner(spec, dataset, sub, [_Scores()])
 
-    ratios = pilot(runner, range(count))
+    ratios = pilot(runner, [i * items // count for i in range(count)])  # spread: datasets are often sorted
     deepest = plans[-1].name
     if ratios[deepest] <= HOPELESS:
         return "bf16", None
