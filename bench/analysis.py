@@ -171,16 +171,16 @@ from convscope import analysis, data
 from convscope.models import load
 spec = load("convscope:fashion-cnn")
 dataset = data.resolve("fashion-mnist", split="{split}")
-analysis.scan(spec, dataset, ["conv1"], limit=64)  # warm: libraries, oneDNN
+analysis.scan(spec, dataset, ["conv1"], limit=64, precision="{precision}")  # warm: libraries, oneDNN
 base = psutil.Process().memory_info().rss
-result = analysis.scan(spec, dataset, ["conv1", "conv2", "fc1"], batch_size=64)
+result = analysis.scan(spec, dataset, ["conv1", "conv2", "fc1"], batch_size=64, precision="{precision}")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({{"items": result.items, "peak_mb": peak / 2**20, "baseline_mb": base / 2**20}}))
 """
 
 
-def memory(split: str, threads: int) -> dict:
-    code = _MEMORY.format(split=split, threads=threads)
+def memory(split: str, threads: int, precision: str = "float32") -> dict:
+    code = _MEMORY.format(split=split, threads=threads, precision=precision)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -237,20 +237,22 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(throughput("torchvision:mobilenet_v2@IMAGENET1K_V1", mobile, crops, layers, batch_size=32,
                                    limit=None, reps=args.reps, bf16=layers != "all"))
             print(_line(rows[-1]), flush=True)
-    mem = {}
+    mem: dict = {}
     if "memory" in parts:
-        mem = {split: memory(split, args.threads) for split in ("test", "train")}
-        small, large = mem["test"], mem["train"]
-        mem["peak_ratio_60k_10k"] = round(large["peak_mb"] / small["peak_mb"], 3)
-        mem["scan_growth_ratio_60k_10k"] = round((large["peak_mb"] - large["baseline_mb"])
-                                                 / max(1e-9, small["peak_mb"] - small["baseline_mb"]), 3)
-        print(json.dumps(mem), flush=True)
+        for precision in ("float32", "bf16"):
+            got = {split: memory(split, args.threads, precision) for split in ("test", "train")}
+            small, large = got["test"], got["train"]
+            got["peak_ratio_60k_10k"] = round(large["peak_mb"] / small["peak_mb"], 3)
+            got["scan_growth_ratio_60k_10k"] = round((large["peak_mb"] - large["baseline_mb"])
+                                                     / max(1e-9, small["peak_mb"] - small["baseline_mb"]), 3)
+            mem[precision] = got
+            print(precision, json.dumps(got), flush=True)
     payload = {"cpu": cpu_model(), "cpu_bf16_features": cpu_flags(), "torch": torch.__version__,
                "threads": args.threads, "quick": args.quick, "data": data_note, "throughput": rows, "memory": mem}
     lines = [_line(r) for r in rows]
-    if mem:
-        lines.append(f"memory 60k/10k peak {mem['peak_ratio_60k_10k']} "
-                     f"(scan's own growth {mem['scan_growth_ratio_60k_10k']})")
+    for precision, got in mem.items():
+        lines.append(f"memory {precision} 60k/10k peak {got['peak_ratio_60k_10k']} "
+                     f"(scan's own growth {got['scan_growth_ratio_60k_10k']})")
     with contextlib.suppress(BrokenPipeError):
         report("analysis", payload, save=args.save, as_json=args.json, summary="\n".join(lines))
     return 0

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ._collect import EMPTY_KEY, Collector, LayerBatch, LayerPlan, Plan, State, sort_keys
-from ._rescore import Rows, RunnerFactory, Table, rescore
+from ._rescore import Columns, Rows, RunnerFactory, Table, rescore
 
 __all__ = ["certify", "pilot", "RHO", "HOPELESS", "BAND_LIMIT"]
 
@@ -78,7 +78,7 @@ class _Band(Collector):
         self.thresholds, self.limit, self.patience = thresholds, limit, patience
         self.seen = {name: 0 for name in thresholds}
         self.hits = {name: 0 for name in thresholds}
-        self.parts: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in thresholds}
+        self.parts = {name: Columns() for name in thresholds}  # (unit, index, score, label, batch size)
         self.floor = {name: torch.full_like(t, float("-inf")) for name, t in thresholds.items()}
         self.counts = {name: torch.zeros(t.shape, dtype=torch.int64) for name, t in thresholds.items()}
         self.overflow: dict[str, torch.Tensor] = {name: torch.zeros(t.shape, dtype=torch.bool)
@@ -108,8 +108,7 @@ class _Band(Collector):
         if u.numel() == 0:
             return
         indices = batch.indices.cpu()
-        self.parts[name].append((u, indices[b], scores[b, u], batch.labels.cpu()[b],
-                                 torch.full_like(u, batch.batch_size)))
+        self.parts[name].add(u, indices[b], scores[b, u], batch.labels.cpu()[b], torch.full_like(u, batch.batch_size))
         self.counts[name] += torch.bincount(u, minlength=theta.numel())
         self._enforce_limit()
 
@@ -117,7 +116,8 @@ class _Band(Collector):
         self.overflow[name] |= units
         self.thresholds[name][units] = float("inf")
         self.counts[name][units] = 0
-        self.parts[name] = [tuple(t[keep] for t in part) for part in self.parts[name] for keep in [~units[part[0]]]]
+        if self.parts[name].size:
+            self.parts[name].keep(~units[self.parts[name].columns()[0]])
         if all(bool((t == float("inf")).all()) for t in self.thresholds.values()):
             raise _Stop
 
@@ -131,8 +131,8 @@ class _Band(Collector):
     def rows(self, name: str, units: int) -> Rows:
         """The collected inputs as `Rows` (units without a threshold get an empty row)."""
         parts = self.parts[name]
-        if parts:
-            u, index, score, label, size = (torch.cat(column) for column in zip(*parts))
+        if parts.size:
+            u, index, score, label, size = parts.columns()
         else:
             u = index = label = size = torch.empty(0, dtype=torch.int64)
             score = torch.empty(0)

@@ -240,7 +240,8 @@ def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dic
 
     def bf16_pass(sub: Plan, collector: Collector) -> None:
         with ShardRunner(spec, dataset, sub, [collector]) as runner:
-            runner.run_items(range(plan.items))
+            for shard in range(sub.shards):  # the same batches as the scan's, no per-item bookkeeping
+                runner.run(shard)
 
     def fallback(sub: Plan) -> dict[str, Any]:
         collectors: list[Collector] = [TopKCollector(plan.k)] + ([StatsCollector()] if sub.stats else [])
