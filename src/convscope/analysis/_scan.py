@@ -3,11 +3,10 @@ activation statistics; locally or on Ray, checkpointed per shard, exact (and sti
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,16 +167,17 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
         run_local(spec, dataset, plan, collectors, acc, progress)
     result = _finish(spec, dataset, plan, collectors, acc, recipe)
     if declined is not None:
-        result = dataclasses.replace(result, bf16={"declined": True, **declined})
+        result = replace(result, bf16={"declined": True, **declined})
     return result
 
 
 def _bf16_pilot(spec: ModelSpec, dataset: Dataset, plans: Sequence[LayerPlan], by: By, batch_size: int, items: int
                 ) -> tuple[Literal["float32", "bf16"], dict[str, Any] | None]:
-    """Run 64 inputs spread over the dataset in both precisions; if the deepest layer's bf16 error is too large for a useful band
-    (`_certify.HOPELESS`), an exact bf16 scan would re-score most of the dataset in float32 after its bf16 pass:
-    scan in float32 outright. Returns the precision to use and, when bf16 is declined, why."""
-    from ._certify import HOPELESS, _Scores, pilot
+    """Run 64 inputs spread over the dataset in both precisions; if the deepest layer's bf16 error is too large
+    (`_certify.PILOT_LIMIT`), an exact bf16 scan would re-score so much of the dataset in float32 after its bf16
+    pass that it runs slower than float32: scan in float32 outright. Returns the precision to use and, when bf16
+    is declined, why."""
+    from ._certify import PILOT_LIMIT, _Scores, pilot
 
     count = min(items, 64)
     if count < 4:
@@ -190,10 +190,10 @@ def _bf16_pilot(spec: ModelSpec, dataset: Dataset, plans: Sequence[LayerPlan], b
 
     ratios = pilot(runner, [i * items // count for i in range(count)])  # spread: datasets are often sorted
     deepest = plans[-1].name
-    if ratios[deepest] <= HOPELESS:
+    if ratios[deepest] <= PILOT_LIMIT:
         return "bf16", None
     return "float32", {"reason": f"bf16 error on {deepest!r} is {ratios[deepest]:.3f} of its top values (limit "
-                                 f"{HOPELESS:.3f}): an exact bf16 scan would re-score most inputs in float32",
+                                 f"{PILOT_LIMIT:.3f}): an exact bf16 scan would re-score too many inputs in float32",
                        "error_ratio": {name: round(r, 4) for name, r in ratios.items()}, "pilot_items": count}
 
 
