@@ -35,7 +35,12 @@ def fashion_pair():
     fashion = data.resolve("fashion-mnist")
     options = dict(k=9, limit=400, batch_size=64, shard_size=128)
     layers = ["conv1", "conv2", "fc1"]
-    return spec, fashion, options, layers, analysis.scan(spec, fashion, layers, **options)
+    before = torch.get_num_threads()  # module fixtures run before the one_thread fixture: pin here too
+    torch.set_num_threads(1)
+    try:
+        return spec, fashion, options, layers, analysis.scan(spec, fashion, layers, **options)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_fashion

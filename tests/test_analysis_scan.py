@@ -67,7 +67,12 @@ def expected_topk(acts: torch.Tensor, k: int, by: str):
 
 @pytest.fixture(scope="module")
 def scanned(spec, fashion):
-    return analysis.scan(spec, fashion, LAYERS, k=9, limit=N, batch_size=64, shard_size=128)
+    before = torch.get_num_threads()  # module fixtures run before the one_thread fixture: pin here too
+    torch.set_num_threads(1)
+    try:
+        return analysis.scan(spec, fashion, LAYERS, k=9, limit=N, batch_size=64, shard_size=128)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_topk_and_stats_equal_brute_force(spec, fashion, scanned):
