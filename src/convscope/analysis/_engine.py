@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._fold import fusions
-from ..accel import network_precision
+from ..accel import fusions, network_precision, probe
 from ..data import Dataset, batches
 from ..errors import ConvscopeError, OptionError, UnitOutOfRangeError
 from ..hooks import capture, frozen, get_module
@@ -113,9 +112,9 @@ def resolve_units(units: Units, layers: Sequence[tuple[str, str, int, tuple[int,
     return plans
 
 
-def _bf16_network(net: nn.Module, probe: torch.Tensor, layers: Sequence[str]) -> nn.Module:
+def _bf16_network(net: nn.Module, example: torch.Tensor, layers: Sequence[str]) -> nn.Module:
     """A private copy of the network for the bf16 pass: eval-mode BatchNorm folded into the convolution before it
-    (pairs touching a scanned layer left alone; checked on a probe, see `_fold.fusions`) and 4-D weights
+    (pairs touching a scanned layer left alone; checked on a probe, see `accel.fusions`) and 4-D weights
     channels-last.
 
     Folding saves a rounding to bfloat16 per pair (more accurate candidates) and the norm's pass over memory
@@ -127,7 +126,11 @@ def _bf16_network(net: nn.Module, probe: torch.Tensor, layers: Sequence[str]) ->
         clone = copy.deepcopy(net)
     except Exception:
         return net
-    for path, module in fusions(clone, probe, layers).items():
+    try:
+        seen = probe(clone, example[:1], layers, stop=bool(layers))
+    except RuntimeError:  # the model does not run on the probe: leave it unfused (the scan reports its own errors)
+        seen = None
+    for path, module in (fusions(clone, seen) if seen is not None else {}).items():
         clone.set_submodule(path, module)
     return clone.to(memory_format=torch.channels_last)
 
