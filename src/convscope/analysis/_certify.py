@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ._collect import EMPTY_KEY, Collector, LayerBatch, Plan, State, sort_keys
-from ._rescore import Columns, Rows, RunnerFactory, Table, rescore
+from ._rescore import Columns, Rows, RunnerFactory, Sidecar, Table, rescore
 
 __all__ = ["certify", "pilot", "RHO", "HOPELESS", "PILOT_LIMIT", "BAND_LIMIT"]
 
@@ -74,7 +74,7 @@ class _Stop(Exception):
     """Raised by a band pass once every unit it collects for has been given up."""
 
 
-class _Band(Collector):
+class _Band(Sidecar):
     """A bf16 pass collecting, for chosen units, every input whose score reaches the unit's threshold (dataset
     index, score, batch size, label), and the best score below it (the new floor).
 
@@ -93,12 +93,6 @@ class _Band(Collector):
         self.counts = {name: torch.zeros(t.shape, dtype=torch.int64) for name, t in thresholds.items()}
         self.overflow: dict[str, torch.Tensor] = {name: torch.zeros(t.shape, dtype=torch.bool)
                                                   for name, t in thresholds.items()}
-
-    def empty(self, plan: Plan) -> State:
-        return {}
-
-    def merge(self, a: State, b: State) -> State:
-        return {}
 
     def update(self, state: State, batch: LayerBatch) -> None:
         name = batch.plan.name

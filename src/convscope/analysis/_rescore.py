@@ -24,7 +24,7 @@ import torch
 
 from ._collect import Collector, LayerBatch, LayerPlan, Plan, State
 
-__all__ = ["Columns", "Rows", "Table", "rescore", "RunnerFactory"]
+__all__ = ["Columns", "Rows", "Sidecar", "Table", "rescore", "RunnerFactory"]
 
 
 @dataclass
@@ -152,7 +152,18 @@ class Table:
             rows.placed |= placed
 
 
-class _Pairs(Collector):
+class Sidecar(Collector):
+    """A collector whose results live on the object, not in a state: for the passes a bf16 scan's certificate runs
+    locally once (never checkpointed nor merged)."""
+
+    def empty(self, plan: Plan) -> State:
+        return {}
+
+    def merge(self, a: State, b: State) -> State:
+        return {}
+
+
+class _Pairs(Sidecar):
     """Stores each re-run batch's float32 scores in the `Table`, and the positions of every row slot (unit, input)
     whose input is in the batch and has none yet: later rounds may ask about any of them (its own state is
     empty)."""
@@ -161,12 +172,6 @@ class _Pairs(Collector):
 
     def __init__(self, table: Table, rows: dict[str, Rows]) -> None:
         self.table, self.rows = table, rows
-
-    def empty(self, plan: Plan) -> State:
-        return {}
-
-    def merge(self, a: State, b: State) -> State:
-        return {}
 
     def update(self, state: State, batch: LayerBatch) -> None:
         name = batch.plan.name
