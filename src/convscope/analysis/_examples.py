@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..data import batches
 from ..errors import TargetError
-from ..hooks import frozen
+from ..hooks import capture, frozen
 from ..layers import Unit
 from ..results import Recipe, ResultMixin
 
@@ -107,18 +107,26 @@ def unit_projections(spec: Any, inputs: torch.Tensor, layer: str, channel: int, 
     """method -> (n, C, H, W) gradients of unit `layer:channel` at (rows[i], cols[i]) for each input i."""
     from ..attribution.gradients import input_gradients
 
-    out = {}
     for method in methods:
         if method not in PROJECTIONS:
             raise TargetError(f"projection {method!r}: choose from {', '.join(PROJECTIONS)}")
-        target = _position_target(layer, channel, rows, cols)
-        try:
-            with frozen(spec.module) as net:
-                work = dataclasses.replace(spec, module=net)
+    out = {}
+    with frozen(spec.module) as net:
+        # The gradient pass stops at the layer, but `capture(stop=True)` runs the first pass of an input shape
+        # through the whole network, whose rectifiers past the layer would then count as used: a conv1 unit would
+        # get a rule-less "projection" or none depending on whether this process had run the model before (a scan
+        # restored from a finished checkpoint, or run on Ray, had not). One stopped pass here makes every
+        # projection pass stop at the layer, so the answer depends on the network only.
+        with torch.inference_mode(), capture(net, [layer], stop=True) as cap:
+            cap.run(inputs[:1])
+        work = dataclasses.replace(spec, module=net)
+        for method in methods:
+            target = _position_target(layer, channel, rows, cols)
+            try:
                 grads, _, _ = input_gradients(work, inputs, target, rule=method, method=method)
-        except TargetError:  # no rectifier in front of the layer: the rule changes nothing to show
-            continue
-        out[method] = grads.detach().cpu()
+            except TargetError:  # no rectifier in front of the layer: the rule changes nothing to show
+                continue
+            out[method] = grads.detach().cpu()
     return out
 
 
