@@ -235,10 +235,21 @@ class Collector:
     - `update(state, batch)`: fold one layer's batch (a `LayerBatch`) into `state`, in place;
     - `merge(a, b)`: the state of `a`'s items followed by `b`'s (exact; scans merge shard states in shard order);
     - `name`: the key of its state in checkpoints.
+
+    Optionally, `start_batch(state, inputs, indices, labels)` sees each batch before its forward pass, and a
+    collector that reads layers of its own (`layers`: capture names beyond the plan's, e.g. pooled codes of
+    `fc2:input`) gets their raw outputs through `capture(state, name, output)`.
     """
 
     name: str = "collector"
     needs: frozenset[str] = frozenset()
+    layers: tuple[str, ...] = ()
+
+    def start_batch(self, state: State, inputs: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        return None
+
+    def capture(self, state: State, name: str, output: torch.Tensor) -> None:
+        return None
 
     def empty(self, plan: Plan) -> State:
         raise NotImplementedError

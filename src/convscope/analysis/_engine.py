@@ -20,7 +20,7 @@ from torch import nn
 from ..accel import fusions, network_precision, probe
 from ..data import Dataset, batches
 from ..errors import ConvscopeError, OptionError, UnitOutOfRangeError
-from ..hooks import capture, frozen, get_module
+from ..hooks import capture, frozen, get_module, split_call
 from ..layers import parse_unit
 from ._collect import Collector, LayerBatch, LayerPlan, Plan
 from ._stats_state import to_device
@@ -143,6 +143,14 @@ class ShardRunner:
         self.spec, self.dataset, self.plan, self.collectors = spec, dataset, plan, list(collectors)
         self._by_call = {(lp.path, lp.call): lp for lp in plan.layers}
         self._needs = set().union(*(c.needs for c in self.collectors))
+        # Layers collectors read raw (pooled codes): captured beside the plan's, handed over through `capture`.
+        self._extra: dict[tuple[str, int], list[tuple[Collector, str]]] = {}
+        for collector in self.collectors:
+            for name in collector.layers:
+                base, k = split_call(name)
+                self._extra.setdefault((base, k or 0), []).append((collector, name))
+        names = [lp.name for lp in plan.layers] + [n for c in self.collectors for n in c.layers]
+        self._names = list(dict.fromkeys(names))
         self._states: dict[str, Any] = {}
         self._batch = None
         self._stack = contextlib.ExitStack()
@@ -151,10 +159,9 @@ class ShardRunner:
         stack = self._stack
         net = stack.enter_context(frozen(self.spec.module))
         if self.plan.precision == "bf16":
-            net = _bf16_network(net, self.spec.example_input(), [lp.name for lp in self.plan.layers])
+            net = _bf16_network(net, self.spec.example_input(), self._names)
         stack.enter_context(torch.inference_mode())
-        self._capture = stack.enter_context(capture(net, [lp.name for lp in self.plan.layers], stop=True,
-                                                    consume=self._consume))
+        self._capture = stack.enter_context(capture(net, self._names, stop=True, consume=self._consume))
         self._device = self.spec.device
         return self
 
@@ -162,8 +169,12 @@ class ShardRunner:
         self._stack.close()
 
     def _consume(self, path: str, call: int, output: torch.Tensor) -> None:
+        if self._batch is None:
+            return
+        for collector, name in self._extra.get((path, call), ()):
+            collector.capture(self._states[collector.name], name, output)
         layer = self._by_call.get((path, call))
-        if layer is None or self._batch is None:
+        if layer is None:
             return
         indices, labels = self._batch
         view = LayerBatch(layer, self.plan.by, output, indices, labels)
@@ -193,6 +204,8 @@ class ShardRunner:
         covered = 0
         for batch in batches(self.dataset, self.spec, self.plan.batch_size, order=order):
             self._batch = (batch.indices.to(self._device), batch.labels)
+            for collector in self.collectors:
+                collector.start_batch(self._states[collector.name], batch.inputs, batch.indices, batch.labels)
             try:
                 self.forward(batch.inputs)
             finally:

@@ -14,15 +14,17 @@ from PIL import Image
 
 from ..accel import resolve_precision
 from ..data import Dataset, resolve
-from ..errors import OptionError
+from ..errors import DatasetError, OptionError
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
+from ._codes_state import CodesCollector
 from ._collect import By, Collector, LayerPlan, Plan
 from ._engine import Accumulator, ShardRunner, Units, resolve_units, run_local, scan_layers
 from ._stats import Stats, build_stats
 from ._stats_state import StatsCollector
 from ._topk import LayerTopK, TopK
 from ._topk_state import CandidateCollector, TopKCollector
+from .codes import Codes, Pool, resolve_layers
 
 __all__ = ["scan", "topk", "stats", "Scan"]
 
@@ -40,6 +42,8 @@ class Scan(ResultMixin):
         bf16: with precision "bf16", how the top-k was made exact (images re-scored in float32, units recomputed
             by a float32 pass); None in float32.
         recipe: how it was made.
+        codes: the pooled codes computed in the same pass (`codes=` of `scan`), else None. They grow with the
+            dataset, so `to_dict` leaves them out: save them with `scan.codes.save(path)`.
     """
 
     topk: TopK | None
@@ -48,6 +52,7 @@ class Scan(ResultMixin):
     skipped: tuple[tuple[str, str], ...]
     bf16: dict[str, Any] | None
     recipe: Recipe
+    codes: Codes | None = None
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"items": self.items, "scanned": self.items - len(self.skipped),
@@ -56,6 +61,8 @@ class Scan(ResultMixin):
             out["layers"] = self.stats.summary()
         if self.bf16 is not None:
             out["bf16"] = self.bf16
+        if self.codes is not None:
+            out["codes"] = {name: int(c.shape[1]) for name, c in self.codes.codes.items()}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,8 +94,8 @@ def _fingerprint(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_options(k: int, by: str, batch_size: int, limit: int | None, engine: str, topk: bool, stats: bool
-                   ) -> None:
+def _check_options(k: int, by: str, batch_size: int, limit: int | None, engine: str, topk: bool, stats: bool,
+                   codes: str | None) -> None:
     if k < 1:
         raise OptionError(f"k must be at least 1, got {k}")
     if by not in ("max", "mean"):
@@ -99,8 +106,10 @@ def _check_options(k: int, by: str, batch_size: int, limit: int | None, engine: 
         raise OptionError(f"limit must be >= 0, got {limit}")
     if engine not in ("local", "ray"):
         raise OptionError(f"engine {engine!r}: choose 'local' or 'ray'")
-    if not (topk or stats):
-        raise OptionError("nothing to compute: topk and stats are both off")
+    if codes is not None and codes not in ("mean", "max"):
+        raise OptionError(f"codes {codes!r}: choose 'mean' or 'max' (the pooling over space), or None")
+    if not (topk or stats or codes):
+        raise OptionError("nothing to compute: topk and stats are both off and no codes asked for")
 
 
 def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: int = 9, by: By = "max",
@@ -108,7 +117,8 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
          shard_size: int | None = None, limit: int | None = None, split: Literal["train", "test"] = "test",
          precision: Literal["auto", "float32", "bf16"] = "float32", engine: Engine = "local",
          address: str | None = None, workers: int | None = None, checkpoint: str | Path | None = None,
-         progress: Progress | None = None) -> Scan:
+         progress: Progress | None = None, codes: Pool | None = None,
+         code_layers: str | Sequence[str] | None = None) -> Scan:
     """One pass over `data` computing each chosen unit's top-k inputs and activation statistics.
 
     Args:
@@ -129,11 +139,16 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
         checkpoint: a file; the merged state is written there after every shard, and a run given an existing
             checkpoint of the same scan continues from it (same result as an uninterrupted run).
         progress: called as `progress(items_done, items_total)` as the pass advances.
+        codes: "mean" or "max": also keep every visited item's pooled code (as `analysis.codes` computes it, the
+            same bits over the same batches) of `code_layers` (default: the scanned layers; names as `codes`
+            takes them: a module path, `PATH:input`, `input`, "all"), so t-SNE and probes (`tsne_from_codes`,
+            `probe_codes`) share this pass. Codes grow with the dataset ((items, D) float32 per layer); in a bf16
+            pass they come from bfloat16 activations (approximate).
 
-    Returns a `Scan` with `topk` (a `TopK`), `stats` (a `Stats`), the count and names of skipped items.
-    Memory grows with units x k, not with the dataset.
+    Returns a `Scan` with `topk` (a `TopK`), `stats` (a `Stats`), `codes` (a `Codes` or None), the count and names
+    of skipped items. Memory grows with units x k (plus the codes, if asked for), not with the dataset.
     """
-    _check_options(k, by, batch_size, limit, engine, topk, stats)
+    _check_options(k, by, batch_size, limit, engine, topk, stats, codes)
     spec = load(model)
     dataset = resolve(data, split=split)
     resolved = resolve_precision(precision, spec.device, spec.dtype)
@@ -150,6 +165,11 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     candidates = 4 * k + 16 if resolved == "bf16" and topk else 0
     plan = Plan(tuple(plans), k, by, topk, stats, batch_size, shard, items, resolved, candidates)
     params = {**_describe_data(data, dataset, split), **plan.describe(), "limit": limit, "precision_asked": precision}
+    code_names: tuple[str, ...] = ()
+    if codes is not None:  # only then in the recipe: fingerprints of scans without codes stay as they were
+        code_names = tuple(resolve_layers(spec.module, [lp.name for lp in plans] if code_layers is None
+                                          else code_layers))
+        params["codes"] = {"pool": codes, "layers": list(code_names)}
     if declined is not None:
         params["bf16_declined"] = declined
     recipe = Recipe(kind="scan", model=spec.describe(), params=params)
@@ -158,6 +178,8 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
         collectors.append(CandidateCollector(candidates) if candidates else TopKCollector(k))
     if stats:
         collectors.append(StatsCollector())
+    if codes is not None:
+        collectors.append(CodesCollector(code_names, codes))
     acc = Accumulator(plan, collectors, _fingerprint(recipe.to_dict()), checkpoint)
     if engine == "ray":
         from ._ray import run_ray
@@ -226,7 +248,26 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
                 state = {name: {**s, "max": result_topk.layers[name].values[:, 0].clone()} for name, s in state.items()}
         result_stats = build_stats(state, channels, plan.by, exact, recipe)
     skipped = tuple((str(a), str(b)) for a, b in acc.skipped)
-    return Scan(result_topk, result_stats, plan.items, skipped, report, recipe)
+    result_codes = _codes(spec, dataset, plan, acc, skipped, recipe) if "codes" in acc.states else None
+    return Scan(result_topk, result_stats, plan.items, skipped, report, recipe, result_codes)
+
+
+def _codes(spec: ModelSpec, dataset: Dataset, plan: Plan, acc: Accumulator, skipped: tuple[tuple[str, str], ...],
+           recipe: Recipe) -> Codes:
+    """The pass's pooled codes as a `Codes` (items in the order read; unreadable ones left out)."""
+    state = acc.states["codes"]
+    collector = next(c for c in acc.collectors if c.name == "codes")
+    merged = collector.merge(state, {"indices": [], "labels": [], "codes": {n: [] for n in state["codes"]}})
+    asked = recipe.params["codes"]
+    if not len(merged["indices"]):
+        raise DatasetError(f"no readable item among the {plan.items} scanned from {dataset.name}")
+    found = merged["indices"]
+    params = {"data": dataset.describe(), "split": recipe.params["split"], "layers": asked["layers"],
+              "pool": asked["pool"], "first": plan.items, "items": int(found.shape[0]), "precision": plan.precision,
+              "pass": "scan"}
+    return Codes(codes=dict(merged["codes"]), indices=found, labels=merged["labels"],
+                 classes=tuple(dataset.classes), sources=tuple(dataset.item_name(int(i)) for i in found),
+                 skipped=skipped, pool=asked["pool"], recipe=Recipe(kind="codes", model=spec.describe(), params=params))
 
 
 def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dict[str, Any]
