@@ -12,9 +12,10 @@ from ._topk import LayerTopK, TopK
 from .activations import ActivationGrid, activations, as_model_input, dead_channels
 from .codes import Codes, codes
 from .filters import FilterGrid, filter_smoothness, filters
-from .probe import Probes, probe
-from .tsne import TSNE, tsne
+from .probe import Probes, probe, probe_codes
+from .tsne import TSNE, tsne, tsne_from_codes
 
 __all__ = ["ActivationGrid", "Codes", "Collector", "FilterGrid", "HIST_EDGES", "LayerBatch", "LayerStats",
            "LayerTopK", "Probes", "Scan", "Stats", "TSNE", "TopK", "UnitExamples", "activations", "as_model_input",
-           "codes", "dead_channels", "filter_smoothness", "filters", "probe", "scan", "stats", "topk", "tsne"]
+           "codes", "dead_channels", "filter_smoothness", "filters", "probe", "probe_codes", "scan", "stats", "topk",
+           "tsne", "tsne_from_codes"]
