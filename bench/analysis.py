@@ -11,9 +11,12 @@ waiting for each other at every parallel region, which measures the scheduler ra
 
 The "bf16 forward" run is the ceiling of a bf16 scan: the plain model's forward in bfloat16 as the scan's bf16 pass
 runs it (a private copy with BatchNorm folded and channels-last weights, under autocast), nothing else. A bf16
-scan is exact, so it also re-scores candidates in float32; its ratio is bounded by this forward's.
+scan is exact, so it also re-scores candidates in float32; its ratio is bounded by this forward's. The "float32
+copy" run is the same private copy in float32: how much of that ceiling is the layout and the folding, not bfloat16.
 
-Memory: each run in a fresh subprocess (ru_maxrss), Fashion-MNIST 10k (test split) vs 60k (train split).
+Memory: each run in a fresh subprocess, Fashion-MNIST 10k (test split) vs 60k (train split): the peak resident
+size during the scan itself (the high-water mark is reset after the warm-up through /proc/self/clear_refs; the
+process's lifetime peak, set by imports and the warm-up, hides the scan), and its growth above the RSS before it.
 
     python -m bench analysis                 # fashion-cnn 10k, MobileNetV2 on 1024 photos, memory 10k vs 60k
     python -m bench analysis --quick         # smaller, for a smoke test
@@ -35,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from ._report import report
+from ._report import RESULTS, report
 
 FASHION_LAYERS = (["conv1", "conv2"], "all")
 MOBILE_LAYERS = ["features.4", "features.7", "features.10", "features.14"]
@@ -99,18 +102,22 @@ def photos(count: int):
     return Subset(folder, range(0, step * count, step)[:count]), f"photos ({len(folder)} crops, every {step}th)"
 
 
-def plain_pass(spec, dataset, batch_size: int, limit: int | None, bf16: bool = False) -> None:
-    """The model's forward over the dataset's batches, nothing kept; with `bf16`, as the scan's bf16 pass runs it."""
+def plain_pass(spec, dataset, batch_size: int, limit: int | None, bf16: bool = False, copy: bool = False) -> None:
+    """The model's forward over the dataset's batches, nothing kept; with `bf16`, as the scan's bf16 pass runs it;
+    with `copy` alone, that pass's private copy (BatchNorm folded, channels-last) in float32: what the layout and
+    the folding give without bfloat16."""
     from convscope import data, hooks
     from convscope.analysis._engine import _bf16_network
 
     with hooks.frozen(spec.module) as net, torch.inference_mode():
-        if bf16:
+        if bf16 or copy:
             net = _bf16_network(net, spec.example_input(), [])
         for batch in data.batches(dataset, spec, batch_size, limit=limit):
             if bf16:
                 with torch.autocast(batch.inputs.device.type, dtype=torch.bfloat16):
                     net(batch.inputs.contiguous(memory_format=torch.channels_last))
+            elif copy:
+                net(batch.inputs.contiguous(memory_format=torch.channels_last))
             else:
                 net(batch.inputs)
 
@@ -131,13 +138,13 @@ def throughput(name: str, spec, dataset, layers, *, batch_size: int, limit: int 
     from convscope import analysis
 
     items = len(dataset) if limit is None else min(limit, len(dataset))
-    kinds = ["plain", "scan"] + (["scan_bf16", "plain_bf16"] if bf16 else [])
+    kinds = ["plain", "scan"] + (["scan_bf16", "plain_bf16", "plain_copy"] if bf16 else [])
     runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     reports = []
 
     def run(kind: str, count: int | None) -> None:
         if kind.startswith("plain"):
-            plain_pass(spec, dataset, batch_size, count, bf16=kind == "plain_bf16")
+            plain_pass(spec, dataset, batch_size, count, bf16=kind == "plain_bf16", copy=kind == "plain_copy")
         else:
             result = analysis.scan(spec, dataset, layers, batch_size=batch_size, limit=count,
                                    precision="bf16" if kind == "scan_bf16" else "float32")
@@ -160,22 +167,38 @@ def throughput(name: str, spec, dataset, layers, *, batch_size: int, limit: int 
     if bf16:
         out["bf16_scan_vs_plain_float32"] = _ratios(runs, "scan_bf16")
         out["bf16_forward_vs_plain_float32"] = _ratios(runs, "plain_bf16")
+        out["float32_copy_forward_vs_plain_float32"] = _ratios(runs, "plain_copy")
         out["bf16_report"] = reports[-1] if reports else None
     return out
 
 
 _MEMORY = """
-import json, resource, sys, torch, psutil
+import gc, json, resource, sys, torch, psutil
 torch.set_num_threads({threads})
 from convscope import analysis, data
 from convscope.models import load
+
+
+def hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+
 spec = load("convscope:fashion-cnn")
 dataset = data.resolve("fashion-mnist", split="{split}")
 analysis.scan(spec, dataset, ["conv1"], limit=64, precision="{precision}")  # warm: libraries, oneDNN
+gc.collect()
+try:  # reset the high-water mark (Linux), so the peak is the scan's own, not the imports' or the warm-up's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    reset = False
 base = psutil.Process().memory_info().rss
 result = analysis.scan(spec, dataset, ["conv1", "conv2", "fc1"], batch_size=64, precision="{precision}")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"items": result.items, "peak_mb": peak / 2**20, "baseline_mb": base / 2**20}}))
+process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm() if reset else process_peak
+print(json.dumps({{"items": result.items, "peak_mb": peak / 2**20, "baseline_mb": base / 2**20,
+                  "process_peak_mb": process_peak / 2**20, "peak_is_the_scans": reset}}))
 """
 
 
@@ -194,6 +217,9 @@ def _line(r: dict) -> str:
         b, f = r["bf16_scan_vs_plain_float32"], r["bf16_forward_vs_plain_float32"]
         text += (f"; bf16 scan/plain float32 cpu {b['cpu']['median']} {b['cpu']['range']}, wall {b['wall']['median']}"
                  f"; bf16 forward alone cpu {f['cpu']['median']}, wall {f['wall']['median']}")
+        if "float32_copy_forward_vs_plain_float32" in r:
+            c = r["float32_copy_forward_vs_plain_float32"]
+            text += f"; its float32 copy alone cpu {c['cpu']['median']}, wall {c['wall']['median']}"
     return text
 
 
@@ -245,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             got["peak_ratio_60k_10k"] = round(large["peak_mb"] / small["peak_mb"], 3)
             got["scan_growth_ratio_60k_10k"] = round((large["peak_mb"] - large["baseline_mb"])
                                                      / max(1e-9, small["peak_mb"] - small["baseline_mb"]), 3)
+            got["load_average"] = round(os.getloadavg()[0], 2)
             mem[precision] = got
             print(precision, json.dumps(got), flush=True)
     payload = {"cpu": cpu_model(), "cpu_bf16_features": cpu_flags(), "torch": torch.__version__,
@@ -253,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     for precision, got in mem.items():
         lines.append(f"memory {precision} 60k/10k peak {got['peak_ratio_60k_10k']} "
                      f"(scan's own growth {got['scan_growth_ratio_60k_10k']})")
+    if args.only and args.save and (RESULTS / "analysis.json").is_file():  # a partial run updates its parts
+        saved = json.loads((RESULTS / "analysis.json").read_text())
+        ran = {(r["model"], str(r["layers"])) for r in rows}
+        rows = [r for r in saved.get("throughput", []) if (r["model"], str(r["layers"])) not in ran] + rows
+        payload = {**saved, **payload, "throughput": rows, "memory": mem or saved.get("memory", {}),
+                   "data": {**saved.get("data", {}), **data_note}, "partial_updates": saved.get("partial_updates", [])
+                   + [{"parts": sorted(parts), "cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2)}]}
     with contextlib.suppress(BrokenPipeError):
         report("analysis", payload, save=args.save, as_json=args.json, summary="\n".join(lines))
     return 0
