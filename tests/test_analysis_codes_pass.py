@@ -64,11 +64,17 @@ def test_scan_codes_equal_codes_and_a_forward_pooled_by_hand(fashion_scans):
 
 
 @needs_fashion
-def test_probe_and_max_pool_read_the_scans_codes(fashion_scans):
+def test_probe_max_pool_and_bf16_codes(fashion_scans):
     spec, fashion, _, scanned = fashion_scans
     alone = analysis.codes(spec, fashion, CODE_LAYERS, indices=range(200), batch_size=32)
     a, b = probe_codes(scanned.codes, seed=0), probe_codes(alone, seed=0)
     assert a.accuracy == b.accuracy and a.layers == b.layers
+    # In a bf16 pass the codes come from bfloat16 activations: close to float32's, and the recipe says so.
+    fast = analysis.scan(spec, fashion, LAYERS, precision="bf16", codes="mean", code_layers=CODE_LAYERS, **OPTIONS)
+    assert fast.codes.recipe.params["precision"] == "bf16" and scanned.codes.recipe.params["precision"] == "float32"
+    for name in CODE_LAYERS:
+        torch.testing.assert_close(fast.codes.codes[name], scanned.codes.codes[name], rtol=0.05, atol=0.05)
+    assert fast.topk.to_dict()["layers"] == scanned.topk.to_dict()["layers"]  # the top-k stays exact
     maxed = analysis.scan(spec, fashion, ["conv1"], topk=False, stats=False, codes="max", limit=64, batch_size=32)
     assert maxed.topk is None and maxed.stats is None
     assert torch.equal(maxed.codes.codes["conv1"],
