@@ -184,6 +184,21 @@ def test_clipped_relus_follow_the_rectifiers_option():
     assert hook_count(model) == 0
 
 
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
+def test_a_target_before_every_relu_is_refused_on_every_call(method):
+    """The capture's first pass per input shape runs the whole network (ReLUs after the target included): the
+    verdict must not depend on whether the model ran before (it once returned the plain gradient on the first call
+    and refused on the second)."""
+    x = inputs(1, 12)
+    for fresh in (True, False):
+        model = net() if fresh else model
+        for _ in range(2):
+            with pytest.raises(TargetError, match="before every ReLU"):
+                getattr(A, method)(model, x, "conv1:1@3,3")
+    after = getattr(A, method)(model, x, "conv2:1@2,2")  # conv2 reads conv1's rectified output: allowed
+    assert after.attributions.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------------------------- batching, targets
 @pytest.mark.parametrize("name", GRADIENT_METHODS)
 def test_batching_does_not_change_results(name):

@@ -83,6 +83,7 @@ class _Rectify(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         (kept,) = ctx.saved_tensors
+        ctx.mode.ruled += 1
         return RULES[ctx.mode.rule].backward(grad, lambda g: passed(g, kept)), None, None, None, None
 
 
@@ -90,7 +91,9 @@ class RectifierRules(RectifierMode):
     """Replace rectifier calls by `_Rectify` with rule `rule` ("gradient", "deconvnet", "guided").
 
     `calls` counts the rectifier calls seen per kind ("relu", "clipped", and "clipped (left)" for clipped ReLUs
-    left unchanged under `rectifiers="relu"`).
+    left unchanged under `rectifiers="relu"`); `ruled` counts the rule's applications in backward passes, i.e. the
+    rectifiers between the input and the score (a forward pass may run past the target: `hooks.capture(stop=True)`
+    runs the whole network once per input shape).
     """
 
     function = _Rectify
@@ -104,6 +107,7 @@ class RectifierRules(RectifierMode):
         self.rule = rule
         self.rectifiers = rectifiers
         self.calls: Counter[str] = Counter()
+        self.ruled = 0
 
     def takes(self, high: float | None) -> bool:
         if high is not None and self.rectifiers == "relu":
@@ -112,13 +116,18 @@ class RectifierRules(RectifierMode):
         self.calls["relu" if high is None else "clipped"] += 1
         return True
 
-    def check_used(self, method: str) -> None:
-        """Refuse a result that would silently be the plain gradient: no rectifier was changed."""
-        if self.calls["relu"] or self.calls["clipped"]:
+    def check_used(self, method: str, scripted: bool = False) -> None:
+        """Refuse a result that would silently be the plain gradient: the backward pass (call this after it) met
+        no rectifier that the rule changes, whatever the forward pass ran after the target. `scripted`: the model is
+        TorchScript, whose ReLUs the mode cannot see."""
+        if self.ruled:
             return
-        hint = (" The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to them."
-                if self.calls["clipped (left)"] else
-                " (TorchScript models hide their ReLUs; load the Python model instead.)")
-        raise TargetError(f"{method}: the forward pass called no ReLU, so the rule changes nothing and the map would be "
-                          f"the plain gradient.{hint}")
+        if self.calls["clipped (left)"]:
+            hint = " The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to them."
+        elif scripted:
+            hint = " TorchScript models hide their ReLUs; load the Python model instead."
+        else:
+            hint = " The target comes before every ReLU: pick a later layer, or use saliency."
+        raise TargetError(f"{method}: no ReLU lies between the input and the target, so the rule changes nothing and "
+                          f"the map would be the plain gradient.{hint}")
 

@@ -86,9 +86,9 @@ def _gradcam_pass(spec: ModelSpec, x: torch.Tensor, target, layer: str, relu: bo
     cam = _cam(activation.detach(), gradient, relu)
     guided_grads = None
     if guided:
-        mode.check_used("guided-gradcam")
-        mode.rule = "guided"
+        mode.rule, mode.ruled = "guided", 0
         (guided_grads,) = torch.autograd.grad(scores.sum(), x)
+        mode.check_used("guided-gradcam", isinstance(spec.module, torch.jit.ScriptModule))
     return cam, guided_grads, scores.detach(), classes
 
 

@@ -35,8 +35,9 @@ def input_gradients(spec: ModelSpec, x: torch.Tensor, target: ResolvedTarget, *,
     else:
         with function_mode(RectifierRules(rule, rectifiers)) as mode:
             scores, classes, _ = forward_target(spec, x, target)
-        mode.check_used(method)
     (grads,) = torch.autograd.grad(scores.sum(), x)
+    if rule is not None:
+        mode.check_used(method, isinstance(spec.module, torch.jit.ScriptModule))
     return grads, scores.detach(), classes
 
 
