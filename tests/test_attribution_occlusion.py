@@ -8,13 +8,18 @@ stride combinations that do not divide the image, so windows are cut at the bord
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
 from captum.attr import Occlusion
+from scipy.stats import spearmanr
 from torch import nn
 
+import convscope.attribution as A
 from convscope.attribution.occlusion import occlusion
+from convscope.errors import OptionError
 from convscope.hooks import hook_count
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
@@ -99,7 +104,7 @@ def _relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def test_probability_maps_equal_captum(name):
     model, x = MODELS[name], _inputs(name)
     target = [1, 3]
-    ours = occlusion(model, x, target, window=16, stride=8, baseline=0.0)
+    ours = occlusion(model, x, target, window=16, stride=8, baseline=0.0, score="probability")
     assert ours.recipe.params["engine"] == "incremental"
     captum = Occlusion(lambda z: torch.softmax(model(z), 1)).attribute(
         x, target=target, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=0.0,
@@ -109,6 +114,19 @@ def test_probability_maps_equal_captum(name):
     assert ours.extras["grid"].shape == (2, 7, 7)
     assert torch.equal(ours.map, ours.attributions[:, 0])
     assert hook_count(model) == 0
+
+
+def test_the_default_score_is_the_logit_like_captum_and_every_other_method():
+    """Issue 10: occlusion scored the softmax probability while every other method explains the logit."""
+    model, x = MODELS["small"], _inputs("small", batch=1, size=32)
+    ours = occlusion(model, x, 2, window=8, stride=4)
+    captum = Occlusion(model).attribute(x, target=2, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4),
+                                        baselines=0.0, perturbations_per_eval=32)
+    assert ours.recipe.params["score"] == "logit"
+    assert _relative(ours.attributions, captum) < TOL
+    assert torch.allclose(ours.scores, A.saliency(model, x, 2).scores)  # the same score the gradient methods explain
+    probability = occlusion(model, x, 2, window=8, stride=4, score="probability")
+    assert _relative(probability.attributions, captum) > 1e-2
 
 
 @pytest.mark.parametrize("name", ["small", "resnet18"])
@@ -173,3 +191,28 @@ def test_positional_unit_is_untouched_outside_its_receptive_field():
     assert grid[5:].abs().max() == 0 and grid[:, 5:].abs().max() == 0
     assert grid[:4, :4].abs().max() > 0
     assert (grid - plain.extras["grid"][0]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_bf16_is_opt_in_recorded_and_close_to_float32(incremental):
+    """bf16 really runs (the map differs from float32's) and stays close: same ranking of the windows, max
+    difference a few percent of the map's range on this random network (real numbers: bench/attribution.py)."""
+    model, x = copy.deepcopy(MODELS["small"]).float(), _inputs("resnet18", batch=1, size=48)
+    exact = occlusion(model, x, 1, window=8, stride=5, incremental=incremental)
+    fast = occlusion(model, x, 1, window=8, stride=5, incremental=incremental, precision="bf16")
+    assert exact.recipe.params["precision"] == "float32" and fast.recipe.params["precision"] == "bf16"
+    assert fast.map.dtype == torch.float32 and fast.scores.dtype == torch.float32
+    grid, low = exact.extras["grid"].flatten(), fast.extras["grid"].flatten()
+    assert not torch.equal(grid, low)
+    assert (grid - low).abs().max() < 0.1 * grid.abs().max()
+    assert spearmanr(grid.numpy(), low.numpy()).statistic > 0.9
+    assert hook_count(model) == 0
+
+
+def test_bf16_refuses_a_float64_model_and_unknown_precisions():
+    model, x = MODELS["small"], _inputs("small", batch=1, size=32)
+    with pytest.raises(OptionError, match="float32 model"):
+        occlusion(model, x, 0, window=8, precision="bf16")
+    with pytest.raises(OptionError, match="fp16"):
+        occlusion(model, x, 0, window=8, precision="fp16")
+    assert hook_count(model) == 0
