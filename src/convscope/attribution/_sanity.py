@@ -3,9 +3,15 @@
 On a deep copy of the model (the user's model is never touched), the layers with parameters are randomized one by
 one from the top (the last layer to run) down, cascading; after chosen numbers of layers the method is run again for
 the same targets and its map is compared with the original map by Spearman rank correlation, per input. A map that
-still looks the same when the network that produced it has been destroyed says little about the network: the check
-is flagged when the mean correlation after randomizing every layer is above `threshold` (0.5 by default; the paper's
-failing methods, guided backprop and guided Grad-CAM, stay high, while gradients fall near 0).
+still looks the same when the network that produced it has been destroyed says little about the network.
+
+The verdict reads the whole cascade, not only its end: at each checkpoint the similarity is the mean over inputs of
+|rho| (a map that turns into its negative, rho near -1, is as much determined by the image as one that stays the
+same; Adebayo et al. report absolute rank correlations), and the check is flagged when the similarity exceeds
+`threshold` (0.5 by default) at ANY checkpoint: a map that survives the randomization of the top layers (the class
+weights first) does not explain the class, even if randomizing the first convolutions finally changes it. The
+paper's failing methods, guided backprop and guided Grad-CAM, stay high through the top layers, while gradients
+fall near 0 as soon as the logits are randomized.
 
 Randomizing a layer replaces each of its parameter tensors by Gaussian noise with the tensor's own mean and standard
 deviation (seeded), which keeps activations on their usual scale; buffers (batch-norm statistics) are kept.
@@ -42,9 +48,9 @@ class RandomizationCheck(ResultMixin):
         method: the attribution method checked.
         layers: (K,) the last layer randomized at each checkpoint (top first).
         depth: (K,) how many layers were randomized at each checkpoint.
-        correlations: (K, B) Spearman correlation of each input's map with its original map.
+        correlations: (K, B) Spearman correlation of each input's map with its original map (signed).
         original: (B, H, W) the maps of the intact model; `maps`: (K, B, H, W) after each checkpoint.
-        threshold: the flag threshold; `flagged`: mean correlation after full randomization > threshold.
+        threshold: the flag threshold; `flagged`: the similarity (`curve`) exceeds it at some checkpoint.
     """
 
     method: str
@@ -58,12 +64,30 @@ class RandomizationCheck(ResultMixin):
     recipe: Recipe
 
     @property
+    def curve(self) -> torch.Tensor:
+        """(K,) the cascade curve: mean over inputs of |Spearman rho| at each checkpoint (top first)."""
+        return self.correlations.abs().mean(1)
+
+    @property
     def final(self) -> float:
-        """Mean correlation over inputs after every layer was randomized."""
+        """Mean (signed) correlation over inputs after every layer was randomized."""
         return float(self.correlations[-1].mean())
 
+    @property
+    def worst(self) -> float:
+        """The largest similarity (mean |rho|) anywhere in the cascade: what the verdict compares with `threshold`."""
+        return float(self.curve.max())
+
+    @property
+    def survives_to(self) -> str | None:
+        """The deepest layer whose randomization (with every layer above it) the map survives (similarity above
+        `threshold`), or None when it survives none."""
+        above = [k for k, value in enumerate(self.curve.tolist()) if value > self.threshold]
+        return self.layers[above[-1]] if above else None
+
     def to_image(self, index: int = 0, **kwargs: Any):
-        from ..render.overlay import randomization_strip
+        """Input `index`'s maps along the cascade with their rho, the cascade curve and the verdict."""
+        from ..render.trust import randomization_strip
 
         return randomization_strip(self, index, **kwargs)
 
@@ -119,7 +143,7 @@ def randomization(model: ModelSpec | nn.Module | str, method: str | Callable[...
         checkpoints: how many points of the cascade to evaluate, evenly spaced from the top layer to all layers
             (always including full randomization); None evaluates after every layer.
         seed: seeds the random parameters.
-        threshold: flag when the mean correlation after full randomization exceeds it.
+        threshold: flag when the similarity (mean |rho| over inputs) exceeds it at any checkpoint.
         options: keyword options for the method (e.g. `{"layer": "layer4"}`, `{"samples": 10, "seed": 1}`).
 
     Returns a `RandomizationCheck` with correlations (K, B) and the maps.
@@ -155,5 +179,6 @@ def randomization(model: ModelSpec | nn.Module | str, method: str | Callable[...
     recipe = Recipe(kind="randomization", model=spec.describe(),
                     params={"method": name, "target": target_param(target), "checkpoints": checkpoints, "seed": seed,
                             "threshold": threshold, **{k: str(v) for k, v in options.items()}})
+    flagged = bool((corr.abs().mean(1) > threshold).any())
     return RandomizationCheck(name, [layers[d - 1] for d in points], points, corr, original.map,
-                              torch.stack(maps), threshold, bool(corr[-1].mean() > threshold), recipe)
+                              torch.stack(maps), threshold, flagged, recipe)
