@@ -1,34 +1,44 @@
-"""Attribution pictures: heatmaps over images with colour bars, and panels comparing methods.
+"""Attribution pictures: heatmaps over images with colour bars, the signed-gradient RGB view, and panels comparing
+methods.
 
 Normalization is always an explicit choice:
 - a map is divided by a `scale`; by default the `percentile` (99th) of its |values|, so a few extreme pixels do not
   wash the rest out (values above are clipped, and the colour bar says so with ">");
 - non-negative maps (Grad-CAM, |gradient|) run from 0 to scale on a sequential colormap ("inferno"); signed maps
-  (Integrated Gradients) run from -scale to +scale on a diverging one ("coolwarm", 0 in the middle);
-- in a panel, `normalization="method"` shares one scale per method across the images of the panel (their
-  magnitudes are then comparable), "each" scales every tile on its own, "all" shares one scale across everything
-  (only meaningful when all maps have the same units).
+  (Integrated Gradients, occlusion) run from -scale to +scale on a diverging one ("coolwarm", 0 in the middle);
+- in a panel, `normalization="each"` (default, as Captum's and pytorch-grad-cam's pictures) scales every map on its
+  own, "method" shares one scale per method across the images of the panel (their magnitudes are then comparable),
+  "all" shares one scale across everything (only meaningful when all maps have the same units).
 The heatmap is laid over a desaturated copy of the image, more opaque where the map is stronger.
+
+`view="rgb"` draws instead the signed gradient itself as a colour image around mid grey, the way Springenberg et al.
+(guided backpropagation) and Zeiler & Fergus (DeconvNet) show their reconstructions: 0 is grey, each channel runs
+from black (-scale) to full (+scale), with the gradient taken with respect to pixel values (divided by the model's
+per-channel std) so its colours are the image's colours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .core import Colormap, _font, colorize, label
+from ._text import draw_lines, line_height, titled, wrap
+from .core import Colormap, _font, colorize
 
 if TYPE_CHECKING:  # render never imports the computing side at run time
     from ..attribution._core import Attribution
 
-__all__ = ["map_scale", "heatmap", "overlay", "colorbar", "attribution_image", "attribution_panel", "curve_plot",
-           "randomization_strip"]
+__all__ = ["map_scale", "heatmap", "overlay", "signed_rgb", "colorbar", "attribution_image", "attribution_panel",
+           "curve_plot", "DEFAULT_VIEWS"]
 
 Normalization = Literal["each", "method", "all"]
+View = Literal["heatmap", "rgb"]
+# How `attribution_panel` draws each method unless told otherwise: guided backprop as the paper shows it.
+DEFAULT_VIEWS: dict[str, View] = {"guided": "rgb"}
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -103,6 +113,23 @@ def overlay(pixels: torch.Tensor | np.ndarray, map2d: torch.Tensor | np.ndarray,
 _blend = overlay  # `attribution_image` has an `overlay` flag shadowing the function
 
 
+def signed_rgb(gradient: torch.Tensor | np.ndarray, *, scale: float | None = None, percentile: float = 99.0,
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """A signed gradient (C, H, W) (C = 1 or 3) -> (RGB uint8 (H, W, 3), info): `0.5 + 0.5 * g / scale` per channel,
+    clipped, so 0 is mid grey (Springenberg et al.'s and Zeiler & Fergus's way of showing a reconstruction). `scale`
+    defaults to the `percentile` of |g| over all channels; `info` describes the grey colour bar (-scale .. +scale)."""
+    g = np.nan_to_num(_np(gradient))
+    if g.ndim != 3:
+        raise ValueError(f"signed_rgb needs a gradient (C, H, W), got shape {g.shape}")
+    scale = map_scale(g, percentile) if scale is None else float(scale)
+    values = np.clip(g / scale, -1, 1) * 0.5 + 0.5
+    rgb = values.transpose(1, 2, 0)
+    rgb = np.repeat(rgb[..., :1], 3, 2) if rgb.shape[2] == 1 else rgb[..., :3]
+    info = {"lo": -scale, "hi": scale, "signed": True, "cmap": "gray",
+            "clipped": bool(np.abs(g).max() > scale * 1.0001)}
+    return (rgb * 255).round().astype(np.uint8), info
+
+
 def _fmt(value: float) -> str:
     return f"{value:.2g}" if abs(value) < 1e4 else f"{value:.1e}"
 
@@ -145,6 +172,15 @@ def _pixels(result: "Attribution", index: int) -> torch.Tensor:
     return ((x - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(x)
 
 
+def pixel_gradient(result: "Attribution", index: int) -> torch.Tensor:
+    """Input `index`'s signed attributions (C, H, W) with respect to pixel values: the gradient with respect to the
+    normalized input divided by the model's per-channel std (unchanged when the model has none)."""
+    g = result.attributions[index].detach()
+    if result.spec is not None and result.spec.std is not None and g.shape[0] == len(result.spec.std):
+        g = g / torch.tensor(result.spec.std, dtype=g.dtype, device=g.device).view(-1, 1, 1)
+    return g
+
+
 def _resize(image: Image.Image, cell: int | None) -> Image.Image:
     if cell is None or max(image.size) == cell:
         return image
@@ -153,16 +189,26 @@ def _resize(image: Image.Image, cell: int | None) -> Image.Image:
     return image.resize((round(image.width * factor), round(image.height * factor)), resample)
 
 
-def attribution_image(result: "Attribution", index: int = 0, *, overlay: bool = True, scale: float | None = None,
-                      percentile: float = 99.0, cmap: Colormap | None = None, bar: bool = True,
-                      cell: int | None = None, alpha: float = 0.8) -> Image.Image:
-    """Input `index` of an `Attribution` as one picture: the heatmap over the image (or alone with
-    `overlay=False`), resized to `cell` pixels, with a vertical colour bar and a caption naming method and target."""
+def _check_view(view: str) -> None:
+    if view not in ("heatmap", "rgb"):
+        raise ValueError(f"view must be 'heatmap' or 'rgb', got {view!r}")
+
+
+def attribution_image(result: "Attribution", index: int = 0, *, view: View = "heatmap", overlay: bool = True,
+                      scale: float | None = None, percentile: float = 99.0, cmap: Colormap | None = None,
+                      bar: bool = True, cell: int | None = None, alpha: float = 0.8) -> Image.Image:
+    """Input `index` of an `Attribution` as one picture, resized to `cell` pixels, with a vertical colour bar and a
+    caption naming method and target: `view="heatmap"` draws the map over the image (or alone with
+    `overlay=False`); `view="rgb"` draws the signed gradient as a colour image around grey (`signed_rgb`)."""
     if not 0 <= index < len(result):
         raise IndexError(f"index {index} out of range for {len(result)} maps")
-    pixels = _pixels(result, index)
-    if overlay:
-        tile, info = _blend(pixels, result.map[index], scale=scale, percentile=percentile, cmap=cmap, alpha=alpha)
+    _check_view(view)
+    if view == "rgb":
+        rgb, info = signed_rgb(pixel_gradient(result, index), scale=scale, percentile=percentile)
+        tile = Image.fromarray(rgb, "RGB")
+    elif overlay:
+        tile, info = _blend(_pixels(result, index), result.map[index], scale=scale, percentile=percentile, cmap=cmap,
+                            alpha=alpha)
     else:
         rgb, _, info = heatmap(result.map[index], scale=scale, percentile=percentile, cmap=cmap)
         tile = Image.fromarray(rgb, "RGB")
@@ -173,7 +219,8 @@ def attribution_image(result: "Attribution", index: int = 0, *, overlay: bool = 
         framed.paste(tile, (0, 0))
         framed.paste(strip, (tile.width + 4, 0))
         tile = framed
-    return label(tile, _caption(result, index), size=12)
+    return titled(tile, _caption(result, index) + (" (signed gradient, grey = 0)" if view == "rgb" else ""),
+                  size=12, where="bottom")
 
 
 def _caption(result: "Attribution", index: int) -> str:
@@ -184,19 +231,40 @@ def _caption(result: "Attribution", index: int) -> str:
     return f"{result.method}: {target}"
 
 
+def _scales(results: Sequence["Attribution"], views: Sequence[str], normalization: Normalization,
+            percentile: float) -> list[list[float | None]]:
+    """scales[m][b]: the divisor of method m's picture of input b (None: the picture's own percentile)."""
+    def values(result: "Attribution", view: str, b: int) -> torch.Tensor:
+        return pixel_gradient(result, b) if view == "rgb" else result.map[b]
+
+    batch = len(results[0])
+    if normalization == "each":
+        return [[None] * batch for _ in results]
+    if normalization == "method":
+        return [[map_scale([values(r, v, b) for b in range(batch)], percentile)] * batch
+                for r, v in zip(results, views)]
+    shared = map_scale([values(r, v, b) for r, v in zip(results, views) for b in range(batch)], percentile)
+    return [[shared] * batch for _ in results]
+
+
 def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Sequence[str]] | None = None,
-                      image_labels: Sequence[str] | None = None, normalization: Normalization = "method",
+                      image_labels: Sequence[str] | None = None, normalization: Normalization = "each",
                       percentile: float = 99.0, cell: int | None = None, title: str | None = None,
-                      alpha: float = 0.8, columns: int | None = None) -> Image.Image:
-    """Methods side by side: one row per input, the image first, then each result's map over it.
+                      alpha: float = 0.8, columns: int | None = None,
+                      views: Mapping[str, View] | None = None) -> Image.Image:
+    """Methods side by side: one row per input, the image first, then each result's picture.
 
     Args:
         results: one `Attribution` per method, all for the same inputs (B each).
         captions: `captions[m][b]` written under method m's map of input b (e.g. deletion/insertion scores).
         image_labels: written under each input image (e.g. the predicted class).
-        normalization: "method" (one scale per method across the inputs; default), "each", or "all".
+        normalization: "each" (every picture on its own scale; default), "method" (one scale per method across the
+            inputs) or "all" (one scale for everything).
         percentile, alpha: see `overlay`; cell: tile size in pixels (default: the input size, at least 160).
         columns: wrap each input's row after this many tiles (the image counts as one); None: no wrapping.
+        views: method name -> "heatmap" or "rgb" (the signed gradient around grey); methods not named get a heatmap.
+            None means `DEFAULT_VIEWS` (guided backprop in RGB, as Springenberg et al. show it).
+    Titles, labels and captions wrap to their tile's width (the heading to the panel's width).
     """
     if not results:
         raise ValueError("attribution_panel needs at least one result")
@@ -205,20 +273,26 @@ def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Se
     batch = len(results[0])
     if any(len(r) != batch for r in results):
         raise ValueError("all results of a panel must explain the same inputs")
+    chosen = [(DEFAULT_VIEWS if views is None else views).get(r.method, "heatmap") for r in results]
+    for view in chosen:
+        _check_view(view)
     cell = cell or max(160, max(results[0].map.shape[1:]))
-    shared_all = map_scale([r.map for r in results], percentile) if normalization == "all" else None
-    font = _font(13)
+    scales = _scales(results, chosen, normalization, percentile)
     rows = []
     for b in range(batch):
         pixels = _pixels(results[0], b)
         image = _resize(Image.fromarray((_background(pixels) * 255).round().astype(np.uint8), "RGB"), cell)
-        tiles = [_tile("input", image, None, image_labels[b] if image_labels else "", cell, font)]
+        tiles = [_tile("input", image, None, image_labels[b] if image_labels else "", cell)]
         for m, result in enumerate(results):
-            scale = shared_all if normalization == "all" else \
-                map_scale(result.map, percentile) if normalization == "method" else None
-            picture, info = overlay(pixels, result.map[b], scale=scale, percentile=percentile, alpha=alpha)
+            if chosen[m] == "rgb":
+                rgb, info = signed_rgb(pixel_gradient(result, b), scale=scales[m][b], percentile=percentile)
+                picture, name = Image.fromarray(rgb, "RGB"), f"{result.method} (signed, grey = 0)"
+            else:
+                picture, info = overlay(pixels, result.map[b], scale=scales[m][b], percentile=percentile,
+                                        alpha=alpha)
+                name = result.method
             caption = captions[m][b] if captions else ""
-            tiles.append(_tile(result.method, _resize(picture, cell), info, caption, cell, font))
+            tiles.append(_tile(name, _resize(picture, cell), info, caption, cell))
         width = columns or len(tiles)
         rows += [_hstack(tiles[i:i + width], pad=6) for i in range(0, len(tiles), width)]
     out = _vstack(rows, pad=8)
@@ -226,23 +300,25 @@ def attribution_panel(results: Sequence["Attribution"], *, captions: Sequence[Se
             "all": "one scale for all maps"}[normalization]
     heading = (title + "   " if title else "") + f"(normalization: {note}; clipped at the {percentile:g}th " \
         "percentile of |map|)"
-    return label(out, heading, size=13, where="top")
+    return titled(out, heading, size=13, where="top")
 
 
-def _tile(name: str, picture: Image.Image, info: dict[str, Any] | None, caption: str, cell: int, font) -> Image.Image:
-    line = 17
+def _tile(name: str, picture: Image.Image, info: dict[str, Any] | None, caption: str, cell: int) -> Image.Image:
+    """A titled picture with its horizontal colour bar and caption; every text wraps to the tile's width."""
+    names = wrap(name, 13, cell - 4)
+    captions = [line for line in wrap(caption, 12, cell - 4)] if caption else []
     bar = colorbar(info, length=cell, thickness=8, vertical=False) if info else None
-    height = line + cell + (bar.height if bar else 0) + 2 * line + 4
+    top = line_height(13) * len(names) + 1
+    height = top + cell + (bar.height if bar else 0) + line_height(12) * max(2, len(captions)) + 4
     out = Image.new("RGB", (cell, height), "white")
     draw = ImageDraw.Draw(out)
-    draw.text((2, 1), name, fill="black", font=font)
-    out.paste(picture, (0, line))
-    y = line + picture.height + 2
+    draw_lines(draw, (2, 1), names, 13)
+    out.paste(picture, (0, top))
+    y = top + picture.height + 2
     if bar:
         out.paste(bar, (0, y))
         y += bar.height
-    for k, text in enumerate(caption.split("\n")[:2]):
-        draw.text((2, y + k * line), text, fill="black", font=_font(12))
+    draw_lines(draw, (2, y), captions, 12)
     return out
 
 
@@ -295,18 +371,3 @@ def curve_plot(curves: Any, *, width: int = 360, height: int = 240, max_lines: i
     draw.text((4, (top + height - bottom) // 2 - 6), {"probability": "prob."}.get(curves.score, curves.score),
               fill="black", font=font)
     return out
-
-
-def randomization_strip(check: Any, index: int = 0, *, cell: int = 128, percentile: float = 99.0) -> Image.Image:
-    """The original map of input `index`, then its map after each randomization checkpoint, with correlations."""
-    maps = [check.original[index]] + [m[index] for m in check.maps]
-    names = ["original"] + [f"top {d}: {layer}"[:24] for d, layer in zip(check.depth, check.layers)]
-    notes = [""] + [f"rho = {float(c[index]):.2f}" for c in check.correlations]
-    font = _font(12)
-    tiles = []
-    for picture, name, note in zip(maps, names, notes):
-        rgb, _, info = heatmap(picture, percentile=percentile)
-        tiles.append(_tile(name, _resize(Image.fromarray(rgb, "RGB"), cell), info, note, cell, font))
-    verdict = "FLAGGED: the map survives randomization" if check.flagged else "passed: the map depends on the weights"
-    return label(_hstack(tiles, pad=6), f"{check.method} randomization check ({verdict}; threshold "
-                 f"{check.threshold:g})", size=13, where="top")
