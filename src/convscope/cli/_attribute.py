@@ -1,78 +1,110 @@
-"""`convscope attribute` (maps for images, one method or all side by side) and `convscope evaluate-attribution`
-(deletion/insertion AUC, randomization check and speed per method over a dataset)."""
+"""`convscope attribute` (maps for images, one method, a list, or all side by side) and `convscope
+evaluate-attribution` (deletion/insertion AUC, randomization check and speed per method over a dataset; in
+`_attribute_eval`).
+
+Method options left unset on the command line take the library's defaults (one default per option: the CLI and
+the API make the same map)."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvscopeError, OptionError
-from ._common import add_model_args, load_spec, npz_output, picture_output, print_json
+from ._common import add_model_args, load_spec, npz_output, picture_output, print_json, progress
 
 NAMES = ("saliency", "deconvnet", "guided", "gradcam", "guided-gradcam", "smoothgrad", "ig", "occlusion")
+BF16_METHODS = ("occlusion",)  # the perturbation methods: gradient maps stay float32 and equal Captum's
+RGB_METHODS = ("saliency", "deconvnet", "guided", "guided-gradcam", "smoothgrad", "ig")  # signed input-space maps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ._attribute_eval import register as register_evaluate
+
     attribute = sub.add_parser(
         "attribute", help="attribution maps: which pixels made the model say X",
-        description="Attribution maps for images. `--method all` draws every method side by side with the "
-                    "predicted class and deletion/insertion AUC under each map.")
+        description="Attribution maps for images. `--method all` (or a list such as saliency,gradcam) draws the "
+                    "methods side by side with the predicted class and deletion/insertion AUC under each map. A file "
+                    "that cannot be read is reported by name and skipped; the exit code is 2 if any failed.")
     add_model_args(attribute)
     attribute.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    attribute.add_argument("--method", default="saliency", choices=(*NAMES, "all"), help="default saliency")
-    _add_method_args(attribute)
+    attribute.add_argument("--method", default="saliency", metavar="METHODS",
+                           help=f"one method, a comma-separated list, or all; from {', '.join(NAMES)} "
+                                "(default saliency)")
+    add_method_args(attribute)
     attribute.add_argument("-o", "--output", default=None, type=picture_output,
                            help="PNG picture to write (default: none)")
     attribute.add_argument("--save", default=None, metavar="MAPS.npz", type=npz_output,
                            help="write maps, inputs and recipe (.npz)")
-    attribute.add_argument("--normalization", default="method", choices=("method", "each", "all"),
-                           help="panel colour scale: one per method across images (default), per map, or shared")
+    attribute.add_argument("--normalization", default="each", choices=("each", "method", "all"),
+                           help="colour scale: each map on its own (default), one per method across the images, "
+                                "or one shared by all maps")
+    attribute.add_argument("--view", default=None, choices=("heatmap", "rgb"),
+                           help="heatmap over the image, or rgb: the signed gradient as a colour image around grey "
+                                "(the gradient methods; default: rgb for guided backprop, heatmap for the rest)")
     attribute.add_argument("--columns", type=int, default=None, help="wrap panel rows after N tiles (default: 5 when "
                                                                         "more than 5 methods)")
     attribute.add_argument("--cell", type=int, default=None, help="panel tile size in pixels")
     attribute.add_argument("--no-eval", action="store_true", help="skip the deletion/insertion scores")
     attribute.add_argument("--json", action="store_true", help="print results as JSON")
     attribute.set_defaults(handler=run_attribute)
-
-    evaluate = sub.add_parser(
-        "evaluate-attribution", help="how faithful and how sane each attribution method is on a dataset",
-        description="Per method: deletion AUC (lower is better), insertion AUC (higher is better), the Spearman "
-                    "correlation of maps after randomizing every layer (near 0 is good; > 0.5 is flagged) and "
-                    "the time per image.")
-    add_model_args(evaluate)
-    evaluate.add_argument("--data", required=True, help="fashion-mnist, mnist, an image folder, a .npz or IDX file")
-    evaluate.add_argument("--methods", default=",".join(NAMES),
-                          help=f"comma-separated, from {','.join(NAMES)}")
-    evaluate.add_argument("--limit", type=int, default=16, help="images to evaluate (default 16)")
-    evaluate.add_argument("--randomize-limit", type=int, default=4,
-                          help="images for the randomization check (default 4)")
-    evaluate.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
-    _add_method_args(evaluate)
-    evaluate.add_argument("--json", action="store_true", help="print results as JSON")
-    evaluate.set_defaults(handler=run_evaluate)
+    register_evaluate(sub)
 
 
-def _add_method_args(parser: argparse.ArgumentParser) -> None:
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the methods; unset ones (None) take the library's defaults."""
     parser.add_argument("--target", default=None, help="class index, class name ('tabby') or unit LAYER:CH "
                                                        "(default: the predicted class)")
     parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: the last spatial layer)")
-    parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default 32)")
-    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default 25)")
-    parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise level (default 0.15)")
+    parser.add_argument("--steps", type=int, default=None, help="Integrated Gradients steps (default 50, as Captum)")
+    parser.add_argument("--samples", type=int, default=None, help="SmoothGrad samples (default 25)")
+    parser.add_argument("--noise", type=float, default=None, help="SmoothGrad noise level (default 0.15)")
     parser.add_argument("--window", type=int, default=None, help="occlusion window in pixels (default 16)")
     parser.add_argument("--stride", type=int, default=None, help="occlusion stride in pixels (default 8)")
+    parser.add_argument("--score", default=None, choices=("logit", "probability"),
+                        help="what occlusion measures the drop of: the logit (default, as every other method) "
+                             "or the softmax probability")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16", "auto"),
+                        help="occlusion's arithmetic: float32 (default), bf16 (faster on bf16 hardware, ~1%% of "
+                             "the map's range off) or auto; the gradient methods always run float32")
     parser.add_argument("--curve-steps", type=int, default=20, help="deletion/insertion steps (default 20)")
 
 
-def _target(text: str | None) -> Any:
+def method_names(text: str) -> list[str]:
+    """`--method` / `--methods`: "all", one name or a comma-separated list -> validated names, in order given."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(NAMES)
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names:
+        raise OptionError(f"unknown method {', '.join(map(repr, unknown)) or repr(text)}; choose from "
+                          f"{', '.join(NAMES)}, a comma-separated list of them, or all")
+    return list(dict.fromkeys(names))
+
+
+def check_precision(names: list[str], precision: str) -> None:
+    """Refuse a low precision no chosen method supports; say which methods ignore it."""
+    if precision == "float32":
+        return
+    if not any(n in BF16_METHODS for n in names):
+        raise OptionError(f"--precision {precision} applies to {', '.join(BF16_METHODS)} only; "
+                          f"{', '.join(names)} {'runs' if len(names) == 1 else 'run'} in float32 (the gradient "
+                          "maps equal Captum's)")
+    others = [n for n in names if n not in BF16_METHODS]
+    if others:
+        print(f"convscope: note: --precision {precision} applies to {', '.join(BF16_METHODS)}; "
+              f"{', '.join(others)} {'runs' if len(others) == 1 else 'run'} in float32", file=sys.stderr)
+
+
+def target_arg(text: str | None) -> Any:
     if text is None:
         return None
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _method(name: str):
+def method(name: str):
     from .. import attribution
 
     if name not in attribution.METHODS:
@@ -80,22 +112,25 @@ def _method(name: str):
     return attribution.METHODS[name]
 
 
-def _options(name: str, args: argparse.Namespace, batch: int) -> dict[str, Any]:
+def options(name: str, args: argparse.Namespace, batch: int) -> dict[str, Any]:
+    """The keyword options of method `name` that the command line sets (unset ones keep the library default)."""
+    given: dict[str, Any]
     if name in ("gradcam", "guided-gradcam"):
-        return {"layer": args.layer}
-    if name == "smoothgrad":
-        return {"samples": args.samples, "noise_level": args.noise, "seed": args.seed,
-                "batch_size": max(batch, 32)}
-    if name == "ig":
-        return {"steps": args.steps, "internal_batch_size": max(batch, 32)}
-    if name == "occlusion":
-        return {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
-    return {}
+        given = {"layer": args.layer}
+    elif name == "smoothgrad":
+        given = {"samples": args.samples, "noise_level": args.noise, "seed": args.seed, "batch_size": max(batch, 32)}
+    elif name == "ig":
+        given = {"steps": args.steps, "internal_batch_size": max(batch, 32)}
+    elif name == "occlusion":
+        given = {"window": args.window, "stride": args.stride, "score": args.score, "precision": args.precision}
+    else:
+        given = {}
+    return {k: v for k, v in given.items() if v is not None or k == "layer"}
 
 
-def _run(name: str, spec, x, args: argparse.Namespace, target: Any = "from-args"):
-    target = _target(args.target) if target == "from-args" else target
-    return _method(name)(spec, x, target, **_options(name, args, x.shape[0]))
+def run_method(name: str, spec, x, args: argparse.Namespace, target: Any = "from-args"):
+    target = target_arg(args.target) if target == "from-args" else target
+    return method(name)(spec, x, target, **options(name, args, x.shape[0]))
 
 
 def _class_label(spec, result, b: int, probabilities) -> str:
@@ -117,37 +152,49 @@ def _probabilities(spec, x):
     return output.softmax(1) if output.ndim == 2 else None
 
 
+def _read(spec, paths: list[str], debug: bool) -> tuple[list[str], list, list[dict[str, str]]]:
+    """Preprocess every image: (readable paths, their inputs (1, C, H, W) each, [{image, error}] for the rest).
+    Each unreadable file is reported on stderr as it is met."""
+    good, inputs, failed = [], [], []
+    for path in paths:
+        try:
+            inputs.append(spec.preprocess(path))
+            good.append(path)
+        except ConvscopeError as error:
+            if debug:
+                raise
+            print(f"convscope: error: {error}", file=sys.stderr)
+            failed.append({"image": path, "error": str(error)})
+    return good, inputs, failed
+
+
 def run_attribute(args: argparse.Namespace) -> int:
     import torch
 
     from ..attribution import evaluate
-    from ..render.overlay import attribution_panel
 
+    names = method_names(args.method)
+    check_precision(names, args.precision)
     spec = load_spec(args)
-    x = torch.cat([spec.preprocess(path) for path in args.images])
-    names = list(NAMES) if args.method == "all" else [args.method]
-    results = {name: _run(name, spec, x, args) for name in names}
+    paths, inputs, failed = _read(spec, list(args.images), getattr(args, "debug", False))
+    if not paths:
+        raise ConvscopeError(f"none of the {len(args.images)} image(s) could be read")
+    x = torch.cat(inputs)
+    results: dict[str, Any] = {}
     scores: dict[str, dict[str, list[float]]] = {}
-    if not args.no_eval:
-        for name, result in results.items():
-            scores[name] = {kind: getattr(evaluate, kind)(spec, result, steps=args.curve_steps)
-                            .auc.tolist() for kind in ("deletion", "insertion")}
+    with progress("attribute") as bar:
+        task = bar.add_task("attribute", total=len(names) * (1 if args.no_eval else 2))
+        for name in names:
+            bar.update(task, description=f"{name} ({len(paths)} image{'s' if len(paths) > 1 else ''})")
+            results[name] = run_method(name, spec, x, args)
+            bar.advance(task)
+            if not args.no_eval:
+                bar.update(task, description=f"{name}: deletion/insertion")
+                scores[name] = {kind: getattr(evaluate, kind)(spec, results[name], steps=args.curve_steps)
+                                .auc.tolist() for kind in ("deletion", "insertion")}
+                bar.advance(task)
     if args.output:
-        first = next(iter(results.values()))
-        if len(results) == 1 and len(args.images) == 1:
-            first.save(args.output)
-        else:
-            probabilities = _probabilities(spec, x)
-            captions = [[f"del {scores[n]['deletion'][b]:.3f}  ins {scores[n]['insertion'][b]:.3f}"
-                         if n in scores else "" for b in range(len(args.images))] for n in results]
-            labels = [f"{Path(p).name}\n{_class_label(spec, first, b, probabilities)}"
-                      for b, p in enumerate(args.images)]
-            panel = attribution_panel(list(results.values()), captions=captions, image_labels=labels,
-                                      normalization=args.normalization, title=spec.name,
-                                      columns=args.columns or (5 if len(results) > 5 else None),
-                                      cell=args.cell)
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            panel.save(args.output)
+        _picture(args, spec, x, paths, results, scores)
     if args.save:
         _save_npz(args.save, results)
     rows = [{"image": path, "methods": {
@@ -155,10 +202,11 @@ def run_attribute(args: argparse.Namespace) -> int:
                "class_name": None if r.classes is None else spec.class_name(int(r.classes[b])),
                "score": float(r.scores[b]),
                **({f"{k}_auc": v[b] for k, v in scores[name].items()} if name in scores else {})}
-        for name, r in results.items()}} for b, path in enumerate(args.images)]
+        for name, r in results.items()}} for b, path in enumerate(paths)]
+    code = 2 if failed else 0
     if args.json:
-        print_json({"model": spec.name, "images": rows, "output": args.output, "save": args.save})
-        return 0
+        print_json({"model": spec.name, "images": rows, "failed": failed, "output": args.output, "save": args.save})
+        return code
     for row in rows:
         print(row["image"])
         for name, info in row["methods"].items():
@@ -168,7 +216,33 @@ def run_attribute(args: argparse.Namespace) -> int:
             print(f"  {name:<15} {label!s:<24} score {info['score']:.4g}{extra}")
     if args.output:
         print(f"wrote {args.output}")
-    return 0
+    if failed:
+        print(f"convscope: {len(failed)} of {len(args.images)} image(s) could not be read: "
+              f"{', '.join(f['image'] for f in failed)}", file=sys.stderr)
+    return code
+
+
+def _picture(args: argparse.Namespace, spec, x, paths: list[str], results: dict, scores: dict) -> None:
+    from ..render.overlay import DEFAULT_VIEWS, attribution_panel
+
+    first = next(iter(results.values()))
+    if args.view is None:
+        views = DEFAULT_VIEWS
+    else:
+        views = {name: args.view if name in RGB_METHODS else "heatmap" for name in results}
+    if len(results) == 1 and len(paths) == 1:
+        first.save(args.output, view=views.get(first.method, "heatmap"))
+        return
+    probabilities = _probabilities(spec, x)
+    captions = [[f"del {scores[n]['deletion'][b]:.3f}  ins {scores[n]['insertion'][b]:.3f}"
+                 if n in scores else "" for b in range(len(paths))] for n in results]
+    labels = [f"{Path(p).name}\n{_class_label(spec, first, b, probabilities)}" for b, p in enumerate(paths)]
+    panel = attribution_panel(list(results.values()), captions=captions, image_labels=labels,
+                              normalization=args.normalization, title=spec.name,
+                              columns=args.columns or (5 if len(results) > 5 else None), cell=args.cell,
+                              views=views)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    panel.save(args.output)
 
 
 def _save_npz(path: str, results: dict) -> None:
@@ -185,58 +259,3 @@ def _save_npz(path: str, results: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays, recipe=np.array(json.dumps(recipes if len(results) > 1 else
                                                                    next(iter(recipes.values())), default=str)))
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..attribution import evaluate
-    from ..data import batches, resolve
-
-    spec = load_spec(args)
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    for name in names:
-        _method(name)
-    dataset = resolve(args.data, channels=spec.channels)
-    table = {n: {"deletion": [], "insertion": [], "seconds": 0.0, "images": 0, "randomization": None} for n in names}
-    kept = []
-    for batch in batches(dataset, spec, args.batch_size, limit=args.limit):
-        x = batch.inputs
-        if not kept:  # warm up (thread pools, kernel choice) so the first method is not charged
-            _run(names[0], spec, x[:1], args)
-        kept.append(x)
-        for name in names:
-            start = time.perf_counter()
-            result = _run(name, spec, x, args)
-            table[name]["seconds"] += time.perf_counter() - start
-            table[name]["images"] += x.shape[0]
-            for kind in ("deletion", "insertion"):  # the target comes from the result (class or unit)
-                curves = getattr(evaluate, kind)(spec, result, steps=args.curve_steps)
-                table[name][kind] += curves.auc.tolist()
-    if not kept:
-        raise ConvscopeError(f"no readable images in {args.data!r}")
-    sample = torch.cat(kept)[: max(1, args.randomize_limit)]
-    for name in names:
-        check = evaluate.randomization(spec, _method(name), sample, _target(args.target), checkpoints=1,
-                                       seed=args.seed, options=_options(name, args, sample.shape[0]))
-        table[name]["randomization"] = {"correlation": check.final, "flagged": check.flagged}
-    summary = {name: {"deletion_auc": _mean(row["deletion"]), "insertion_auc": _mean(row["insertion"]),
-                      "randomization_correlation": row["randomization"]["correlation"],
-                      "flagged": row["randomization"]["flagged"],
-                      "ms_per_image": 1000 * row["seconds"] / max(row["images"], 1), "images": row["images"]}
-               for name, row in table.items()}
-    if args.json:
-        print_json({"model": spec.name, "data": str(args.data), "methods": summary})
-        return 0
-    print(f"{spec.name} on {args.data} ({summary[names[0]]['images']} images; randomization on {sample.shape[0]})")
-    print(f"{'method':<16}{'deletion AUC (lower better)':>28}{'insertion AUC (higher better)':>31}"
-          f"{'rand. corr (near 0 good)':>26}{'ms/image':>10}")
-    for name, row in summary.items():
-        flag = " FLAGGED" if row["flagged"] else ""
-        print(f"{name:<16}{row['deletion_auc']:>28.3f}{row['insertion_auc']:>31.3f}"
-              f"{row['randomization_correlation']:>26.2f}{row['ms_per_image']:>10.1f}{flag}")
-    return 0
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
