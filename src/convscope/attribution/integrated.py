@@ -4,7 +4,12 @@ The integral is a quadrature over `steps` points of the straight path from the b
 (default, exact for polynomials of degree 2*steps - 1) or a Riemann sum (left, right, middle, trapezoid). All
 (path point, input) pairs are flattened and run in chunks of `internal_batch_size`; each chunk's graph is freed
 before the next, so memory is one chunk's. Completeness (the attributions sum to score(x) - score(x')) is checked
-on every call: `extras["delta"]` holds the gap per input.
+on every call: `extras["delta"]` holds the gap per input; the scores at the inputs and at the baselines come from
+one no-grad forward of both.
+
+Where the network starts with a convolution of the input (nearly every CNN), the per-point gradients stop at that
+convolution's output and are summed there; its expensive input backward runs once per input instead of once per
+path point (`_summed`; same numbers up to float rounding).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputShapeError, OptionError
+from ..errors import InputShapeError, OptionError, TargetError
 from ..hooks import frozen
 from ..models import ModelSpec
-from ._core import Attribution, Target, as_spec, check_inputs, clean_pass, make_attribution, resolve_target, \
-    select_target
-from .gradients import input_gradients
+from ._core import Attribution, ResolvedTarget, Target, as_spec, check_inputs, forward_target, make_attribution, \
+    resolve_target, select_target
+from ._summed import SummedGradients, linear_input_layer
 
 __all__ = ["integrated_gradients", "quadrature"]
 
@@ -64,6 +69,26 @@ def _baseline(spec: ModelSpec, x: torch.Tensor, baseline: torch.Tensor | float |
                               "(C, H, W) or (B, C, H, W)") from None
 
 
+def _endpoints(spec: ModelSpec, x: torch.Tensor, base: torch.Tensor, target: ResolvedTarget,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, ResolvedTarget]:
+    """One no-grad forward of the inputs and their baselines (2B): (scores at x (B,), scores at the baselines (B,),
+    classes (B,) or None, the target with a predicted class fixed to x's prediction)."""
+    batch = x.shape[0]
+    both = torch.cat([x, base])
+    twice = torch.arange(2 * batch, device=x.device) % batch
+    with torch.inference_mode():
+        if target.predicted:
+            output = spec.run(both)
+            if output.ndim != 2:
+                raise TargetError(f"model {spec.name!r} output {tuple(output.shape)} has no classes; give a target")
+            target = resolve_target(spec, output[:batch].argmax(1).clone(), x)
+            scores = select_target(spec, target, twice).score(output, None)
+        else:
+            scores, _, _ = forward_target(spec, both, select_target(spec, target, twice))
+    scores = scores.clone()  # out of inference mode
+    return scores[:batch], scores[batch:], target.classes, target
+
+
 def integrated_gradients(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target: Target = None, *,
                          baseline: torch.Tensor | float | Baseline = "black", steps: int = 50,
                          method: Quadrature = "gausslegendre", internal_batch_size: int | None = None,
@@ -95,15 +120,13 @@ def integrated_gradients(model: ModelSpec | nn.Module | str, inputs: torch.Tenso
     weight_t = torch.as_tensor(weights, device=x.device, dtype=x.dtype)
     difference = x - base
     with frozen(spec) as work:
-        scores, classes, resolved = clean_pass(work, x, resolved)
-        baseline_scores, _, _ = clean_pass(work, base, resolved)
-        total = torch.zeros_like(x)
+        scores, baseline_scores, classes, resolved = _endpoints(work, x, base, resolved)
+        summed = SummedGradients(work, x, resolved, linear_input_layer(work, work.module, x, key=spec.module))
         for start in range(0, total_count, chunk):
             flat = torch.arange(start, min(start + chunk, total_count), device=x.device)
             j, b = flat // batch, flat % batch  # step-major order
-            points = base[b] + alpha_t[j].view(-1, 1, 1, 1) * difference[b]
-            grads, _, _ = input_gradients(work, points, select_target(spec, resolved, b))
-            total.index_add_(0, b, grads * weight_t[j].view(-1, 1, 1, 1))
+            summed.add(base[b] + alpha_t[j].view(-1, 1, 1, 1) * difference[b], b, weight_t[j])
+        total = summed.total()
     attributions = total * difference
     delta = attributions.flatten(1).sum(1) - (scores - baseline_scores)
     params = {"baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor", "steps": int(steps),

@@ -5,6 +5,9 @@ from a CPU generator seeded with `seed` (same seed, same noise, on any device) a
 (max(x_b) - min(x_b))` as in the paper. Every input of a batch sees the same noise pattern `n_s` (scaled by its own
 sigma), so an input's result does not depend on what else is in the batch. An explicit `noise` tensor replaces all
 of this (e.g. to reproduce another implementation exactly).
+
+As for integrated gradients, the gradients of a network that starts with a convolution of the input are summed at
+that convolution's output, and its input backward runs once per input (`_summed`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from ..errors import OptionError
 from ..hooks import frozen
 from ..models import ModelSpec
 from ._core import Attribution, Target, abs_max, as_spec, check_inputs, clean_pass, make_attribution, \
-    resolve_target, select_target
-from .gradients import input_gradients
+    resolve_target
+from ._summed import SummedGradients, linear_input_layer
 
 __all__ = ["smoothgrad"]
 
@@ -75,16 +78,15 @@ def smoothgrad(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     with frozen(spec) as work:
         scores, classes, resolved = clean_pass(work, x, resolved)
-        total = torch.zeros_like(x)
+        summed = SummedGradients(work, x, resolved, linear_input_layer(work, work.module, x, key=spec.module))
         for start in range(0, total_count, step):
             flat = torch.arange(start, min(start + step, total_count), device=x.device)
             s, b = flat // batch, flat % batch  # sample-major order
             if sigma is None:
-                noisy = x[b] + noise[b, s]
+                summed.add(x[b] + noise[b, s], b)
             else:
-                noisy = x[b] + sigma[b].view(-1, 1, 1, 1) * noise[s]
-            grads, _, _ = input_gradients(work, noisy, select_target(spec, resolved, b))
-            total.index_add_(0, b, grads)
+                summed.add(x[b] + sigma[b].view(-1, 1, 1, 1) * noise[s], b)
+        total = summed.total()
     mean = total / samples
     params = {"samples": samples, "batch_size": batch_size,
               **({"noise": "explicit"} if sigma is None else {"noise_level": noise_level, "seed": seed})}
