@@ -93,11 +93,13 @@ class SummedGradients:
             with torch.enable_grad():
                 scores, _, found = forward_target(self.spec, points.detach(), target, [self.layer], leaves=True)
                 (grads,) = torch.autograd.grad(scores.sum(), found[self.layer])
-        if weights is not None:
-            grads = grads * weights.view(-1, *([1] * (grads.ndim - 1)))
         if self.sum is None:
             self.sum = grads.new_zeros((self.x.shape[0], *grads.shape[1:]))
-        self.sum.index_add_(0, index, grads)
+        # sum[b] += sum_{n: index[n] = b} w_n grads[n] as one (B, N) x (N, D) product: no weighted copy of the
+        # gradients, and no index_add_, whose multi-threaded CPU kernel is erratic (1-60 ms for the same call).
+        mixing = grads.new_zeros(self.x.shape[0], grads.shape[0])
+        mixing[index, torch.arange(grads.shape[0], device=index.device)] = 1.0 if weights is None else weights
+        self.sum.view(self.sum.shape[0], -1).addmm_(mixing, grads.reshape(grads.shape[0], -1))
 
     def total(self) -> torch.Tensor:
         if self.sum is None:
