@@ -240,9 +240,10 @@ def abs_max(attributions: torch.Tensor) -> torch.Tensor:
 def make_attribution(spec: ModelSpec, method: str, *, attributions: torch.Tensor, map: torch.Tensor,
                      inputs: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None, target: Target,
                      params: dict[str, Any], extras: dict[str, torch.Tensor] | None = None) -> "Attribution":
-    """Build the result (everything detached) with its recipe: model, method, target as given, options."""
+    """Build the result (everything detached) with its recipe: model, method, target as given, options, and the
+    arithmetic the network ran in (`precision`, "float32" unless the method says otherwise)."""
     recipe = Recipe(kind=method, model=spec.describe(),
-                    params={"method": method, "target": target_param(target), **params})
+                    params={"method": method, "target": target_param(target), "precision": "float32", **params})
     return Attribution(attributions=attributions.detach().contiguous(), map=map.detach().contiguous(),
                        inputs=inputs.detach(),
                        scores=scores.detach(), classes=None if classes is None else classes.detach(),
@@ -278,11 +279,13 @@ class Attribution(ResultMixin):
     def __len__(self) -> int:
         return self.map.shape[0]
 
-    def to_image(self, index: int = 0, *, overlay: bool = True, **kwargs: Any):
-        """The map of input `index` as a PIL image: a heatmap over the image (overlay) or alone."""
+    def to_image(self, index: int = 0, *, view: str = "heatmap", overlay: bool = True, **kwargs: Any):
+        """Input `index` as a PIL image: `view="heatmap"` draws the map over the image (or alone, `overlay=False`);
+        `view="rgb"` draws the signed attributions as a colour image around grey, as Springenberg et al. and Zeiler &
+        Fergus show gradients (for the gradient methods). Options: `render.overlay.attribution_image`."""
         from ..render.overlay import attribution_image
 
-        return attribution_image(self, index, overlay=overlay, **kwargs)
+        return attribution_image(self, index, view=view, overlay=overlay, **kwargs)
 
     def save_npz(self, path: str | Path) -> Path:
         """Write the tensors (`attributions`, `map`, `inputs`, `scores`, `classes`, `extras_*`) and the recipe
