@@ -216,3 +216,22 @@ def test_bf16_refuses_a_float64_model_and_unknown_precisions():
     with pytest.raises(OptionError, match="fp16"):
         occlusion(model, x, 0, window=8, precision="fp16")
     assert hook_count(model) == 0
+
+
+def test_auto_precision_times_the_network_as_everywhere(monkeypatch):
+    """"auto" is main's two-stage rule: a device that qualifies is not enough; a pass below `AUTO_MIN_WORK`
+    multiply-accumulates stays float32, and a big enough one is timed (here every speedup counts, so bf16)."""
+    from convscope import accel
+    from convscope.accel import precision as P
+
+    monkeypatch.setitem(P._MEASURED, "cpu", 10.0)  # this device qualifies, whatever the CPU
+    x = _inputs("resnet18", batch=1, size=48)
+    tiny = copy.deepcopy(MODELS["small"]).float()
+    assert occlusion(tiny, x, 1, window=8, stride=5, precision="auto").recipe.params["precision"] == "float32"
+    with accel.plain():
+        assert occlusion(tiny, x, 1, window=8, stride=5, precision="auto").recipe.params["precision"] == "float32"
+    monkeypatch.setattr(P, "AUTO_MIN_WORK", 0)
+    monkeypatch.setattr(P, "AUTO_MIN_NETWORK_SPEEDUP", 0.0)
+    timed = copy.deepcopy(MODELS["small"]).float()
+    assert occlusion(timed, x, 1, window=8, stride=5, precision="auto").recipe.params["precision"] == "bf16"
+    assert hook_count(timed) == 0

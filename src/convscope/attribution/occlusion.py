@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..accel import Precision, network_precision, resolve_precision
+from ..accel import Precision, Resolved, check_precision, choose_precision, network_precision, probe, resolve_precision
 from ..errors import InputShapeError, OptionError, TargetError
 from ..hooks import capture, frozen
 from ..layers import Unit, parse_unit
@@ -131,6 +131,24 @@ def _forward(model: nn.Module, batch: torch.Tensor, layer: str | None) -> torch.
         return cap[layer]
 
 
+def _precision(precision: Precision, module: nn.Module, image: torch.Tensor, base: torch.Tensor,
+               windows: np.ndarray, batch_size: int, layer: str | None) -> Resolved:
+    """What the occluded forwards run in: "float32" / "bf16" as asked; "auto" as `accel.choose_precision` decides
+    (the device's check, then one batch of occluded `image` (1, C, H, W) through the plain path of `module`, the
+    working copy, timed in both precisions where the pass is big enough; cached per working copy and batch)."""
+    if precision != "auto":
+        return resolve_precision(precision, image.device, image.dtype)
+    batch = _occluded(image, base, windows[:batch_size])
+
+    def trial(choice: Resolved) -> None:
+        with network_precision(choice, image.device):
+            _forward(module, batch, layer)
+
+    seen = probe(module, image, [layer] if layer is not None else [], stop=layer is not None)
+    return choose_precision("auto", module, trial, ("occlusion", tuple(batch.shape), layer), image.device,
+                            image.dtype, work=seen.macs(module) * batch.shape[0])
+
+
 def _wide(value: torch.Tensor) -> torch.Tensor:
     """bf16 / fp16 values (from autocast) as float32, so drops are differences of float32 scores."""
     return value.float() if value.dtype in (torch.bfloat16, torch.float16) else value
@@ -190,8 +208,9 @@ def occlusion(
         unit: a unit to explain instead of a target (same as `target="LAYER:CH"`).
         incremental: recompute only what each occluder changes (same numbers up to float rounding).
         precision: "float32" (default), "bf16" (the occluded forwards under bfloat16 autocast: faster on CPUs with
-            bf16 matrix units and on GPUs, ~1% of the map's range off float32) or "auto" (bf16 where measurably
-            faster on the device). The recipe records what ran.
+            bf16 matrix units and on GPUs, ~1% of the map's range off float32) or "auto" (bf16 where the device
+            and a timed batch of occluded images through this network find it faster, as everywhere in convscope;
+            float32 inside `accel.plain()`). The recipe records what ran.
 
     Returns:
         `Attribution` with `attributions` (B, C, H, W) the mean drop over the windows covering each pixel (0 where
@@ -206,8 +225,8 @@ def occlusion(
         raise InputShapeError(f"window {window} does not fit in inputs of size {size}")
     if score not in ("logit", "probability"):
         raise OptionError(f"score must be 'logit' or 'probability', got {score!r}")
-    ran = resolve_precision(precision, x.device, x.dtype)
-    if ran == "bf16" and x.dtype != torch.float32:
+    check_precision(precision)
+    if precision == "bf16" and x.dtype != torch.float32:
         raise OptionError(f"precision 'bf16' needs a float32 model; model {spec.name!r} runs in {x.dtype}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -221,6 +240,7 @@ def occlusion(
         scorer = _scorer(spec, resolved, score)
         layer = str(resolved.unit.layer) if resolved.unit is not None else None
         bases = _baselines(x, baseline, window)
+        ran = _precision(precision, module, x[:1], bases[:1], windows, batch_size, layer)
         engine = IncrementalEngine.build(module, x[:1], layer, full_at=FULL_AT) if incremental else None
         clean_scores, drops = [], []
         for b in range(x.shape[0]):
