@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from ._cpu import cpu_info, describe
 from ._report import report
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,23 +63,6 @@ def setting(quick: bool) -> dict:
     return {"size": 64 if quick else 224, "batch": 2 if quick else 8, "ig_batch": 1 if quick else 2,
             "ig_steps": 8 if quick else 50, "ig_chunk": 4 if quick else 25, "window": 8 if quick else 16,
             "stride": 4 if quick else 8, "occlusion_batch": 32}
-
-
-def cpu_model() -> dict:
-    """The CPU's model name and its bf16-related flags (from /proc/cpuinfo, as `lscpu` shows them)."""
-    name, flags = platform.processor() or "unknown", []
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = [f for f in value.split() if "bf16" in f or f.startswith("amx")]
-                    break
-    except OSError:
-        pass
-    return {"model": name, "bf16_flags": flags}
 
 
 def model_and_inputs(size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -404,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown case(s) {unknown}; choose from {[*all_cases, 'bf16']}")
     repeats = 1 if args.quick else args.repeats
     load_start = os.getloadavg()
-    cpu = cpu_model()
+    cpu = cpu_info()
     if not args.json:
-        print(f"CPU: {cpu['model']}; bf16 instructions: {' '.join(cpu['bf16_flags']) or 'none'}; "
-              f"{args.threads} thread(s); torch {torch.__version__}", flush=True)
+        print(describe(cpu), f"| {args.threads} thread(s); torch {torch.__version__}; load average "
+              f"{' '.join(f'{v:.2f}' for v in load_start)}", flush=True)
     rows, deviation = [], []
     if "bf16" in names:
         names.remove("bf16")
