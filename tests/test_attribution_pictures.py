@@ -93,3 +93,37 @@ def test_tile_names_and_captions_wrap_inside_the_tile():
     top = int(np.flatnonzero(pixels.max(1) == 0)[0])  # the name band above the (black) picture
     assert top > 17  # more than one line
     assert pixels[:top, -2:].min() == 255 and pixels[top + 48:, -2:].min() == 255
+
+
+def _check(correlations, threshold=0.5):
+    """A stand-in `RandomizationCheck` (K checkpoints, B inputs) for the pictures: only what they read."""
+    from types import SimpleNamespace
+
+    corr = torch.tensor(correlations, dtype=torch.float64)
+    flagged = bool((corr.abs().mean(1) > threshold).any())
+    return SimpleNamespace(curve=corr.abs().mean(1), correlations=corr, depth=list(range(1, len(corr) + 1)),
+                           threshold=threshold, flagged=flagged)
+
+
+def _has(picture: Image.Image, colour) -> bool:
+    return bool((np.asarray(picture.convert("RGB")) == np.array(colour, dtype=np.uint8)).all(-1).any())
+
+
+def test_cascade_plot_marks_each_checkpoint_above_the_threshold():
+    """Issue 10: the picture shows the cascade curve. Each checkpoint is a dot, red above the threshold, green
+    at or below it, and the curve's dots sit at heights ordered as the values."""
+    from convscope.render.trust import _BAD, _GOOD, cascade_plot
+
+    survives = cascade_plot(_check([[0.9, 0.8], [-0.1, 0.1]]))  # survives the top layer, not the next
+    assert _has(survives, _BAD) and _has(survives, _GOOD)
+    passes = cascade_plot(_check([[0.2, -0.1], [0.0, 0.1]]))
+    assert not _has(passes, _BAD) and _has(passes, _GOOD)
+    flipped = cascade_plot(_check([[-0.9, -0.8], [0.1, 0.0]]))  # a negative map is above the threshold too
+    assert _has(flipped, _BAD)
+
+    def red_height(picture):
+        rows = np.flatnonzero((np.asarray(picture) == np.array(_BAD, dtype=np.uint8)).all(-1).any(1))
+        return rows.mean()
+
+    higher, lower = cascade_plot(_check([[0.95, 0.95]])), cascade_plot(_check([[0.6, 0.6]]))
+    assert red_height(higher) < red_height(lower)  # a larger similarity is drawn higher
