@@ -65,10 +65,15 @@ def test_render_and_gradcam_never_change_the_model_while_they_run():
         vis = render(spec, channel("4", [0, 5]), steps=48, size=32, precision="float32")
         for _ in range(4):
             cam = A.gradcam(spec, x, 1, layer="4")
+        # the summed-gradient path (hooks at the first convolution) and bf16 occlusion act on the working copy too
+        ig = A.integrated_gradients(spec, x, 1, steps=8)
+        A.smoothgrad(spec, x, 1, samples=4)
+        A.occlusion(spec, x, 1, window=8, stride=8, precision="bf16")
     finally:
         done.set()
         watcher.join()
     assert not problems, problems[0]
     assert checks[0] >= 5, "the watcher must have run while the calls did"
     assert vis.recipe.params["fused_batchnorms"] == 1 and cam.map.shape == (2, 32, 32)
+    assert ig.attributions.shape == x.shape
     assert state(net) == before
