@@ -5,32 +5,29 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import convscope.attribution as A
 from convscope.cli import build_parser, main
+
+from test_attribution_evaluate import images  # noqa: F401  (the fixture)
 
 MODEL = "convscope:small-cnn"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("files")
-    rng = np.random.default_rng(1)
-    good = []
-    for i in range(2):
-        path = folder / f"good{i}.png"
-        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), "L").save(path)
-        good.append(str(path))
+def files(images):
+    """Two readable PNGs, an empty file and a text file named .png, and a small labelled .npz dataset."""
+    good, data = images
+    folder = Path(data).parent
     empty = folder / "zero.png"
     empty.write_bytes(b"")
     text = folder / "notes.png"
     text.write_text("not an image")
-    np.savez(folder / "data.npz", images=(rng.random((4, 28, 28)) * 255).astype(np.uint8), labels=np.arange(4) % 2)
-    return good, str(empty), str(text), str(folder / "data.npz")
+    return good, str(empty), str(text), data
 
 
 def test_one_bad_file_does_not_stop_the_batch(files, tmp_path, capsys):
