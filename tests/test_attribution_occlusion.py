@@ -233,5 +233,6 @@ def test_auto_precision_times_the_network_as_everywhere(monkeypatch):
     monkeypatch.setattr(P, "AUTO_MIN_WORK", 0)
     monkeypatch.setattr(P, "AUTO_MIN_NETWORK_SPEEDUP", 0.0)
     timed = copy.deepcopy(MODELS["small"]).float()
-    assert occlusion(timed, x, 1, window=8, stride=5, precision="auto").recipe.params["precision"] == "bf16"
+    params = occlusion(timed, x, 1, window=8, stride=5, precision="auto").recipe.params
+    assert params["precision"] == "bf16" and params["precision_asked"] == "auto"
     assert hook_count(timed) == 0

@@ -67,8 +67,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                         help="what occlusion measures the drop of: the logit (default, as every other method) "
                              "or the softmax probability")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16", "auto"),
-                        help="occlusion's arithmetic: float32 (default), bf16 (faster on bf16 hardware, ~1%% of "
-                             "the map's range off) or auto; the gradient methods always run float32")
+                        help="occlusion's arithmetic: float32 (default), bf16 (faster on bf16 hardware; the map "
+                             "deviates by up to ~10%% of its maximum) or auto; the gradient methods always run "
+                             "float32")
     parser.add_argument("--curve-steps", type=int, default=20, help="deletion/insertion steps (default 20)")
 
 
