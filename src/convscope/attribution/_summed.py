@@ -13,7 +13,7 @@ Which layer is first, and whether the input really reaches the output only throu
 per model and input shape on a probe (`linear_input_layer`): the first module to run must be an `nn.Conv2d`, the
 input must have no other path to the output, and the first layer's backward of the probe's leaf gradient must
 equal the probe's true input gradient. Anything else (an op before the conv, a skip from the input, a model that
-starts with something else) takes the plain path: one full backward per batch of points.
+starts with something else, TorchScript) takes the plain path: one full backward per batch of points.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import weakref
 import torch
 from torch import nn
 
+from .._working import copyable
 from ..hooks import capture, record_calls
 from ..models import ModelSpec
 from ._core import ResolvedTarget, forward_target, select_target
@@ -48,6 +49,8 @@ def linear_input_layer(spec: ModelSpec, module: nn.Module, x: torch.Tensor, key:
 
 
 def _probe(module: nn.Module, x: torch.Tensor) -> str | None:
+    if not copyable(module):  # TorchScript inside: no hooks to stop a backward at a layer, so the plain path
+        return None
     with torch.inference_mode(), record_calls(module) as calls:
         output = module(x[:1])
     if not calls or not isinstance(output, torch.Tensor):
