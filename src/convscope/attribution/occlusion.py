@@ -210,9 +210,9 @@ def occlusion(
         unit: a unit to explain instead of a target (same as `target="LAYER:CH"`).
         incremental: recompute only what each occluder changes (same numbers up to float rounding).
         precision: "float32" (default), "bf16" (the occluded forwards under bfloat16 autocast: faster on CPUs with
-            bf16 matrix units and on GPUs; deviations up to ~10% of the map's maximum, see above) or "auto" (bf16 where the device
-            and a timed batch of occluded images through this network find it faster, as everywhere in convscope;
-            float32 inside `accel.plain()`). The recipe records what ran.
+            bf16 matrix units and on GPUs; deviations up to ~10% of the map's maximum, see above) or "auto" (bf16
+            where the device and a timed batch of occluded images through this network find it faster, as
+            everywhere in convscope; float32 inside `accel.plain()`). The recipe records what ran.
 
     Returns:
         `Attribution` with `attributions` (B, C, H, W) the mean drop over the windows covering each pixel (0 where
