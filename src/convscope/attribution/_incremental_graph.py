@@ -1,7 +1,7 @@
 """The incremental-inference engine's view of a model: a straight-line program of steps, one per FX node.
 
-`build_program(model)` traces the model with `torch.fx.symbolic_trace` and sorts every node into what an occluder
-does to it (Krypton, Nakandala et al. 2019):
+`build_program(model)` traces the model with `torch.fx.symbolic_trace` (`_trace`: kept out of other threads) and
+sorts every node into what an occluder does to it (Krypton, Nakandala et al. 2019):
 
 - `pointwise`: the output at a position depends only on the input at that position (BatchNorm in eval, ReLU and its
   relatives, dropout in eval, arithmetic with a constant that has no spatial extent): a changed patch stays a patch.
@@ -29,6 +29,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from ._trace import trace
 
 __all__ = ["Step", "Window", "Program", "UnsupportedModel", "build_program", "fold_batchnorm", "run_clean",
            "settle_kinds", "standard_layout"]
@@ -255,7 +257,7 @@ def _out_of_place_module(module: nn.Module) -> Callable[..., Any]:
 def build_program(model: nn.Module) -> Program:
     """Trace `model` (in eval mode) into a `Program`; raises `UnsupportedModel` when the engine cannot run it."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = trace(model)  # fx.symbolic_trace, without reaching into other threads' models
     except Exception as error:  # any tracing failure (data-dependent control flow, ...) means: use the plain path
         raise UnsupportedModel(f"torch.fx cannot trace the model: {error}") from error
     steps: list[Step] = []
