@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+
+from ._fxtrace import OwnTracer
 from torch.nn.modules import conv as _conv
 from torch.nn.modules import pooling as _pool
 
@@ -165,15 +167,18 @@ def union(items: list[tuple[tuple[Axis, ...], tuple[int, ...]]], out_shape: tupl
     return tuple(result)
 
 
-class _CallTracer(fx.Tracer):
-    """Records, for every module call (leaf or container), the graph node that holds its output."""
+class _CallTracer(OwnTracer):
+    """Records, for every module call (leaf or container), the graph node that holds its output. Confined to its
+    thread and model (`_fxtrace.OwnTracer`): other threads' models run normally while it traces."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__(root)
         self.calls: list[tuple[str, fx.Node | None]] = []
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
         result = super().call_module(m, forward, args, kwargs)
+        if not self.ours(m):
+            return result
         try:
             path = self.path_of_module(m)
         except NameError:
@@ -407,7 +412,7 @@ def _describe(model: nn.Module, n: fx.Node) -> str:
 def trace_fields(model: nn.Module, example: torch.Tensor) -> list[tuple[str, State]]:
     """Trace `model` and run `example` (1, C, *spatial) through the graph; returns (module path, state) per module
     call in the order calls finish (as forward hooks see them). Raises whatever torch.fx raises if it cannot trace."""
-    tracer = _CallTracer()
+    tracer = _CallTracer(model)
     graph = tracer.trace(model)
     graph_module = fx.GraphModule(tracer.root, graph)
     propagator = _Propagator(graph_module, model)

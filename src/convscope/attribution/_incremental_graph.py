@@ -1,6 +1,6 @@
 """The incremental-inference engine's view of a model: a straight-line program of steps, one per FX node.
 
-`build_program(model)` traces the model with `torch.fx.symbolic_trace` (`_trace`: kept out of other threads) and
+`build_program(model)` traces the model with `torch.fx.symbolic_trace` (`convscope._fxtrace`: kept out of other threads) and
 sorts every node into what an occluder does to it (Krypton, Nakandala et al. 2019):
 
 - `pointwise`: the output at a position depends only on the input at that position (BatchNorm in eval, ReLU and its
@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._trace import trace
+from .._fxtrace import trace
 
 __all__ = ["Step", "Window", "Program", "UnsupportedModel", "build_program", "fold_batchnorm", "run_clean",
            "settle_kinds", "standard_layout"]

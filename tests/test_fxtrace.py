@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from convscope.attribution._trace import trace
+from convscope._fxtrace import trace
 
 
 class CallsAnotherModelMidTrace(nn.Module):
@@ -58,3 +58,29 @@ def test_the_graph_is_symbolic_traces():
     model(torch.zeros(1, 3, 8, 8))
     ours, theirs = trace(model), fx.symbolic_trace(model)
     assert str(ours.graph) == str(theirs.graph)
+
+
+class ConvCallsAnotherModelMidTrace(CallsAnotherModelMidTrace):
+    """A small CNN whose forward, while traced, lets another thread run an unrelated model."""
+
+    def __init__(self, other: nn.Module) -> None:
+        super().__init__(other)
+        self.conv = nn.Conv2d(3, 2, 3, stride=2)
+
+    def forward(self, x):
+        super().forward(torch.zeros(1, 4))  # the other thread runs here (its result is discarded)
+        return torch.relu(self.conv(x))
+
+
+def test_receptive_fields_trace_leaves_other_threads_alone():
+    from convscope.models import ModelSpec
+    from convscope.receptive import receptive_fields
+
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        expected = other(torch.ones(2, 4))
+    model = ConvCallsAnotherModelMidTrace(other)
+    fields = receptive_fields(ModelSpec(module=model, name="mid-trace", input_size=(9, 9), channels=3), method="analytic")
+    assert "error" not in model.seen and torch.equal(model.seen["out"], expected)
+    assert fields["conv"].size == (3, 3) and fields["conv"].stride == (2, 2)

@@ -17,32 +17,34 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["trace"]
+__all__ = ["trace", "OwnTracer"]
 
 
-class _OwnTracer(fx.Tracer):
+class OwnTracer(fx.Tracer):
+    """An `fx.Tracer` that records only its own thread's calls of `root`'s modules (others run untraced)."""
+
     def __init__(self, root: nn.Module) -> None:
         super().__init__()
         self._thread = threading.get_ident()
         self._own = {id(m) for m in root.modules()}
 
-    def _ours(self, module: nn.Module | None = None) -> bool:
+    def ours(self, module: nn.Module | None = None) -> bool:
         return threading.get_ident() == self._thread and (module is None or id(module) in self._own)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        if not self._ours(m):
+        if not self.ours(m):
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
-        if not self._ours():
+        if not self.ours():
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """The `fx.GraphModule` of `model`, as `torch.fx.symbolic_trace(model)` makes it."""
-    tracer = _OwnTracer(model)
+    tracer = OwnTracer(model)
     graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
