@@ -17,14 +17,15 @@ from convscope.atlas import BuildConfig, build
 
 # fashion-cnn, both conv layers, 5 units each in chunks of 3 (so a chunk is split by a resume), few steps, an
 # evolution strip from the untrained architecture to the trained model, a small dataset sample, and a scan of the
-# first 96 test images (top-4 per unit).
+# first 96 test images (top-4 per unit), predictions and a t-SNE grid of the sample, probes on 200 images.
 TINY = BuildConfig("convscope:fashion-cnn", data="fashion-mnist", layers=("conv1", "conv2"), units=5, chunk=3,
                    steps=6, checkpoints=("convscope:small-cnn", "convscope:fashion-cnn"), samples=12, k=4,
-                   scan_limit=96)
+                   scan_limit=96, probe_limit=200)
 
 # the same options as command-line arguments (the kill/resume test runs the CLI in subprocesses)
 TINY_ARGS = ["atlas", "build", TINY.model, "--data", "fashion-mnist", "--layers", "conv1,conv2",
              "--units-per-layer", "5", "--chunk", "3", "--steps", "6", "--samples", "12", "--k", "4", "--scan-limit", "96",
+             "--probe-limit", "200",
              "--checkpoints", *TINY.checkpoints]
 
 

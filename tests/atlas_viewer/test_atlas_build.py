@@ -31,7 +31,8 @@ def test_the_tiny_atlas_holds_every_stage_with_recipes(tiny_atlas):
             for path in result.images.values():
                 assert path.startswith("files/") and (tiny_atlas / path).is_file()
         assert counts == {"dataset_image": 12, "class_model": 10, "featvis": 10, "filter": 5, "evolution": 10,
-                          "topk": 10, "purity": 10, "stats": 10, "trust": 10, "layer_stats": 2}
+                          "topk": 10, "purity": 10, "stats": 10, "trust": 10, "layer_stats": 2, "prediction": 12,
+                          "tsne": 1, "probe": 2}
         vis = atlas.result("featvis", "conv2", 4)
         assert vis.payload["chunk"] == [3, 4] and vis.payload["item"] == 1
         assert vis.recipe["params"]["objective"] == "conv2:[3, 4]" and vis.recipe["params"]["steps"] == 6
@@ -41,17 +42,47 @@ def test_the_tiny_atlas_holds_every_stage_with_recipes(tiny_atlas):
         assert len(atlas.result("class_model", "", 7).payload["name"]) > 0
         assert set(KINDS) >= {r.kind for r in atlas.results()}
         top = atlas.result("topk", "conv2", 2)
-        assert top.payload["by"] == "mean" and len(top.payload["examples"]) == 4
+        assert top.payload["by"] == "max" and len(top.payload["examples"]) == 4
         assert sorted(top.images) == sorted(f"{role}:{i}" for role in ("image", "patch", "projection") for i in range(4))
         assert "projection:0" not in atlas.result("topk", "conv1", 2).images  # no rectifier below conv1 to guide
         values = [e["value"] for e in top.payload["examples"]]
         assert values == sorted(values, reverse=True)
         trust = atlas.result("trust", "conv2", 2).payload
-        assert trust["best_dataset_value"] == values[0] and trust["render_value"] == atlas.result(
-            "featvis", "conv2", 2).payload["value"]
+        assert trust["best_dataset_value"] == values[0] and trust["by"] == "max"
+        # read before its ReLU, every conv unit still has a ratio: its spatial max fires on some image
+        assert all(r.payload["ratio"] is not None and r.payload["ratio"] > 0 for r in atlas.results("trust"))
         stats = atlas.result("stats", "conv2", 2).payload
         assert stats["inputs"] == 96 and sum(stats["histogram"]["counts"]) == 96
         assert atlas.result("layer_stats", "conv2", -1).payload["units"] == 5
+        sample = sorted(r.unit for r in atlas.results("dataset_image"))
+        grid = atlas.result("tsne").payload
+        assert grid["layer"] == "fc2:input" and sorted(i for i in grid["cells"] if i is not None) == sample
+        for row in atlas.results("probe"):
+            assert row.payload["train_size"] + row.payload["test_size"] == 200
+            assert row.payload["chance"] < row.payload["accuracy"] <= 1
+        first = atlas.result("prediction", "", sample[0]).payload
+        assert len(first["top"]) == 5 and first["top"][0]["probability"] >= first["top"][1]["probability"]
+        assert atlas.meta()["pinned"] == {"precision:class_model": "float32", "precision:featvis:conv1": "float32",
+                                          "precision:featvis:conv2": "float32"}  # too small for bf16 to pay
+
+
+def test_the_trust_figure_reads_the_stored_picture(tiny_atlas):
+    """The render's value in the trust figure is the unit's spatial max on the PNG the viewer shows, recomputed
+    here independently: the plain model on the picture's pixels, no hooks, no working copy."""
+    from convscope import load
+
+    spec = load("convscope:fashion-cnn")
+    with Atlas(tiny_atlas, readonly=True) as atlas:
+        for layer, unit in (("conv1", 3), ("conv2", 4)):
+            path = tiny_atlas / atlas.result("featvis", layer, unit).images["image"]
+            pixels = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255)[None, None]
+            x = spec.normalize(pixels)
+            with torch.no_grad():
+                a = spec.module.relu1(spec.module.conv1(x)) if layer == "conv2" else None
+                out = spec.module.conv2(spec.module.pool1(a)) if layer == "conv2" else spec.module.conv1(x)
+            expected = float(out[0, unit].max())
+            got = atlas.result("trust", layer, unit).payload["render_value"]
+            assert abs(got - expected) <= 1e-5 * max(1.0, abs(expected)), (layer, unit, got, expected)
 
 
 def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_config):
@@ -70,29 +101,28 @@ def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_c
     assert np.array_equal(np.asarray(vis.image(1)), np.asarray(stored))
 
 
-class _FakeProbe(Stage):
-    """Stands in for a stage still to come (linear probes): writes its kind with the payload `kinds` fixes."""
+class _Curvature(Stage):
+    """A stage the viewer has never heard of: registered, it runs on an existing atlas and only its work is done."""
 
-    name = kind = "probe"
+    name = kind = "curvature"
     level = "layer"
-    needs = ("data",)
 
     def wanted(self, ctx):
         return [(row["name"], -1) for row in ctx.atlas.layers(selected=True)]
 
     def run(self, ctx, todo):
         for layer, unit in todo:
-            yield Output("probe", layer, unit, {"accuracy": 0.5 + 0.1 * len(layer), "train_size": 8, "test_size": 4},
-                         {"kind": "fake-probe", "model": {}, "params": {}, "versions": {"x": "1"}})
+            yield Output("curvature", layer, unit, {"value": 0.5 + 0.1 * len(layer)},
+                         {"kind": "fake", "model": {}, "params": {}, "versions": {"x": "1"}})
 
 
 def test_a_new_stage_plugs_in_and_resumes_only_its_own_work(atlas_copy, tiny_config, monkeypatch):
-    monkeypatch.setitem(STAGES, "probe", _FakeProbe)
+    monkeypatch.setitem(STAGES, "curvature", _Curvature)
     report = build(tiny_config, atlas_copy, device="cpu")
-    assert report.stored["probe"] == 2 and sum(report.stored.values()) == 2  # nothing else was redone
-    assert report.already["featvis"] == 10 and report.already["scan"] == 10
+    assert report.stored["curvature"] == 2 and sum(report.stored.values()) == 2  # nothing else was redone
+    assert report.already["featvis"] == 10 and report.already["scan"] == 10 and report.already["probe"] == 2
     with Atlas(atlas_copy, readonly=True) as atlas:
-        assert atlas.result("probe", "conv1", -1).payload["accuracy"] == 1.0
+        assert atlas.result("curvature", "conv1", -1).payload["value"] == 1.0
 
 
 def test_the_cli_builds_checks_and_refuses_clearly(atlas_copy, tmp_path, capsys):
@@ -101,9 +131,9 @@ def test_the_cli_builds_checks_and_refuses_clearly(atlas_copy, tmp_path, capsys)
     (atlas_copy / "files/featvis/conv1/0.png").unlink()
     assert main(["atlas", "check", str(atlas_copy)]) == 1
     assert "files/featvis/conv1/0.png is missing" in capsys.readouterr().out
-    assert main(["atlas", "build", "convscope:fashion-cnn", "-o", str(tmp_path / "r"), "--engine", "ray"]) == 2
+    assert main(["atlas", "build", "convscope:fashion-cnn", "-o", str(tmp_path / "r"), "--address", "h:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--engine ray is not available yet" in err[0]
+    assert len(err) == 1 and "an address is for --engine ray" in err[0]
     assert main(["atlas", "build", "convscope:fashion-cnn", "-o", str(tmp_path / "l"), "--layers", "conv3"]) == 2
     assert "layer 'conv3' is not a layer of 'convscope:fashion-cnn'. Did you mean" in capsys.readouterr().err
     assert main(["atlas", "check", str(tmp_path / "nothing")]) == 2

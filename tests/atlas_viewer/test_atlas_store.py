@@ -122,8 +122,8 @@ def test_stage_registry_refuses_duplicates_and_options_are_checked(tmp_path):
             level = "unit"
     with pytest.raises(OptionError):
         BuildConfig("convscope:fashion-cnn", units=0)
-    with pytest.raises(AtlasError, match="--engine ray is not available yet"):
-        build(BuildConfig("convscope:fashion-cnn", engine="ray"), tmp_path / "r")
+    with pytest.raises(OptionError, match="precision must be"):
+        BuildConfig("convscope:fashion-cnn", precision="fp8")
 
 
 def test_resuming_with_other_options_is_refused(atlas_copy, tiny_config):

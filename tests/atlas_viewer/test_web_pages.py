@@ -45,8 +45,8 @@ def test_pages_and_their_json_say_the_same(client):
 
 
 def test_unknown_pages_are_404_not_500(client):
-    for url in ["/layer/conv9", "/layer/conv1/unit/99", "/layer/conv1/unit/x", "/tsne", "/image/5",
-                "/api/layer/conv9", "/api/layer/conv1/unit/-1", "/api/tsne", "/files/featvis/conv1/99.png"]:
+    for url in ["/layer/conv9", "/layer/conv1/unit/99", "/layer/conv1/unit/x", "/image/5",
+                "/api/layer/conv9", "/api/layer/conv1/unit/-1", "/api/image/5", "/files/featvis/conv1/99.png"]:
         assert client.get(url).status_code == 404, url
     assert "not in this atlas" in client.get("/layer/conv9").text
 
@@ -60,48 +60,43 @@ def test_files_carry_cache_headers(client):
 
 def test_the_analysis_shows_on_layer_unit_and_image_pages(client):
     layer = client.get("/api/layer/conv2").json()
-    # conv2 is read before its ReLU: no dataset image has a positive spatial mean there, so no trust ratio to sort by
-    assert layer["sortable"] == ["unit", "value", "mean", "sparsity", "purity"]
+    assert layer["sortable"] == ["unit", "value", "trust", "mean", "sparsity", "purity"]
     assert layer["stats"]["units"] == 5 and all(c["dead"] is False for c in layer["cells"])
     html = client.get("/layer/conv2").text
     assert 'data-sparsity="' in html and 'data-purity="' in html
     unit = client.get("/layer/conv2/unit/1").text
     for heading in ("Trust figure", "Top images", "Class purity", "Activation statistics"):
         assert heading in unit
-    assert "no dataset image brings that mean above zero" in unit
+    assert "trust figure <b>" in unit and "spatial max" in unit
     assert 'alt="patch 1"' in unit and 'alt="projection 1"' in unit and "<svg class=\"histogram\"" in unit
     top = client.get("/api/layer/conv2/unit/1").json()["results"]["topk"]
     for path in top["images"].values():
         assert client.get("/" + path).status_code == 200
 
 
-def _put_planned(folder: Path) -> list[int]:
-    """What the stages still to come (probes, t-SNE) will store, with the payloads `convscope.atlas.kinds` fixes;
-    returns the dataset indices of the atlas's sample that the grid uses."""
-    from PIL import Image
+def test_tsne_probes_and_predictions_show_and_link(client):
+    overview = client.get("/").text
+    probes = {row["name"]: row["probe"] for row in client.get("/api/model").json()["layers"] if row["selected"]}
+    assert all(0 < p <= 1 for p in probes.values()) and f"{100 * probes['conv2']:.1f}%" in overview
+    assert 'href="tsne"' in overview and "(chance " in overview
+    assert client.get("/api/layer/conv2").json()["probe"]["accuracy"] == probes["conv2"]
+    grid = client.get("/api/tsne").json()["tsne"]["payload"]
+    tsne = client.get("/tsne").text
+    sample = [d["index"] for d in client.get("/api/model").json()["dataset"]]
+    for index in (i for i in grid["cells"] if i is not None):  # every cell is a sample image linking to its page
+        assert index in sample and f'href="image/{index}"' in tsne
+    image = client.get(f"/image/{sample[1]}").text
+    top = client.get(f"/api/image/{sample[1]}").json()["prediction"]["payload"]["top"]
+    assert "The model's predictions" in image and top[0]["name"] in image
 
-    recipe = {"kind": "fake", "model": {}, "params": {}, "versions": {}}
-    with Atlas(folder) as atlas:
+
+def test_a_top_image_of_the_sample_links_back_to_its_unit(atlas_copy):
+    with Atlas(atlas_copy) as atlas:
         sample = [r.unit for r in atlas.results("dataset_image")]
-        atlas.put(Output("probe", "conv2", -1, {"accuracy": 0.87, "train_size": 100, "test_size": 50}, recipe), "probe")
-        atlas.put(Output("tsne", "", -1, {"layer": "fc1", "rows": 2, "cols": 2, "cells": [0, sample[1], None, 10**6]},
-                         recipe, {"grid": Image.new("RGB", (64, 64), "white")}), "tsne")
         top = atlas.result("topk", "conv2", 1)
         top.payload["examples"][1]["index"] = sample[1]  # as if a top image were in the sample
         atlas.put(Output("topk", "conv2", 1, top.payload, top.recipe), "scan")
-    return sample
-
-
-def test_planned_sections_appear_when_stored(atlas_copy):
     with TestClient(create_site([atlas_copy], device="cpu")) as client:
-        assert client.get("/tsne").status_code == 404
-        sample = _put_planned(atlas_copy)
-        assert client.get("/api/layer/conv2").json()["probe"]["accuracy"] == 0.87
-        overview = client.get("/").text
-        assert "87.0%" in overview and 'href="tsne"' in overview
-        tsne = client.get("/tsne")
-        assert tsne.status_code == 200 and f'href="image/{sample[1]}"' in tsne.text
-        assert "<td>1000000</td>" in tsne.text  # an image outside the sample is named, not linked
         assert "conv2:1</a> rank 2" in client.get(f"/image/{sample[1]}").text
 
 

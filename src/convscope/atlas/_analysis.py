@@ -2,9 +2,13 @@
 images, receptive-field patches and projections, class purity, statistics with the dead flag, and trust figure
 (all about one unit commit together), and per layer its statistics.
 
-The scan ranks inputs by the unit's spatial mean (`by="mean"`), the quantity its feature visualization maximizes,
-so the trust figure (render value / best dataset value) compares like with like: above 1, the picture drives the
-unit harder than any image of the dataset. A resumed build runs the pass again (it is cheap next to the renders)
+The scan ranks inputs by the unit's spatial max (`by="max"`, Zeiler & Fergus's top-9), and the trust figure compares
+the same quantity: the unit's spatial max on its stored picture (the PNG the viewer shows, through a float32 forward
+of the model) over its spatial max on the best dataset image. Above 1, the picture drives the unit harder than any
+image of the dataset does anywhere. The max, not the mean: a conv layer read before its rectifier has a negative
+spatial mean on nearly every real image (no ratio at all on fashion-cnn), while its max is positive wherever the
+unit fires; and the max is what the top-9 patches show. A resumed build runs the pass again (it is cheap next to
+the renders)
 rather than resuming it from `scan`'s checkpoint: a `TopK` restored from a finished checkpoint draws a conv1 unit's
 "guided" projection that a freshly scanned one refuses (no rectifier below conv1), which would make a resumed atlas
 differ from an uninterrupted one. Per-unit results are stored as they come, so a killed build loses at most the
@@ -24,15 +28,52 @@ from ..results import Recipe
 from .stages import Key, Stage, StageContext, register_stage
 from .store import Output
 
-__all__ = ["DatasetScan"]
+__all__ = ["DatasetScan", "picture_max"]
 
-BY = "mean"
+BY = "max"
 PROJECTION = ("guided", "deconvnet")  # the first one the unit's layer supports is stored
 
 
 def _signed(gradient: torch.Tensor) -> torch.Tensor:
     top = float(gradient.abs().max())
     return gradient / (2 * top) + 0.5 if top > 0 else torch.full_like(gradient, 0.5)
+
+
+def picture_max(ctx: StageContext, keys: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
+    """(layer, unit) -> the unit's spatial max on its stored feature-visualization picture (the PNG, read back as
+    pixels in [0, 1], fitted to the model's input, one float32 forward per layer and batch of pictures)."""
+    import numpy as np
+    from PIL import Image
+
+    from .. import hooks
+
+    spec = ctx.spec
+    wanted: dict[str, list[tuple[int, str]]] = {}
+    for layer, unit in keys:
+        vis = ctx.atlas.result("featvis", layer, unit)
+        if vis is not None and "image" in vis.images:
+            wanted.setdefault(layer, []).append((unit, vis.images["image"]))
+    found: dict[tuple[str, int], float] = {}
+    for layer, items in wanted.items():
+        for first in range(0, len(items), 32):
+            part = items[first:first + 32]
+            pixels = []
+            for _, path in part:
+                with Image.open(ctx.atlas.folder / path) as image:
+                    array = np.asarray(image.convert("L" if spec.channels == 1 else "RGB"), dtype=np.float32) / 255
+                tensor = torch.from_numpy(array.copy())
+                tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+                if tuple(tensor.shape[-2:]) != tuple(spec.input_size):
+                    tensor = spec.fit(tensor[None])[0]
+                pixels.append(tensor)
+            x = spec.normalize(torch.stack(pixels)).to(spec.device, spec.dtype)
+            with hooks.frozen(spec) as work, torch.inference_mode(), hooks.capture(work.module, [layer],
+                                                                                     stop=True) as cap:
+                cap.run(x)
+            out = cap[layer].float()
+            for row, (unit, _) in enumerate(part):
+                found[(layer, unit)] = float(out[row, unit].amax()) if out.ndim > 2 else float(out[row, unit])
+    return found
 
 
 @register_stage
@@ -58,19 +99,20 @@ class DatasetScan(Stage):
             ctx.partial(0.5 * done / max(1, items))  # the pass counts as half a unit on the progress bar
 
         return scan(ctx.spec, ctx.config.data, list(units), k=ctx.config.k, by=BY, units=units,
-                    limit=ctx.config.scan_limit, progress=tick)
+                    limit=ctx.config.scan_limit, engine=ctx.config.engine, address=ctx.config.address, progress=tick)
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[list[Output]]:
         result = self._scan(ctx)
         topk, stats = result.topk, result.stats
         recipe = result.recipe.to_dict()
         edges = [float(e) for e in stats.edges]
+        pictures = picture_max(ctx, todo)
         for layer, unit in todo:
             layer_stats = stats[layer]
             row = layer_stats.channels.index(unit)
             outputs = [self._topk(topk, layer, unit, recipe), self._stats(layer_stats, row, layer, unit, edges,
                                                                          recipe)]
-            trust = self._trust(ctx, topk, layer, unit, recipe)
+            trust = self._trust(ctx, topk, layer, unit, recipe, pictures.get((layer, unit)))
             if trust is not None:
                 outputs.append(trust)
             purity = topk.purity(layer, unit)
@@ -108,17 +150,18 @@ class DatasetScan(Stage):
         return Output("stats", layer, unit, payload, recipe)
 
     @staticmethod
-    def _trust(ctx: StageContext, topk, layer: str, unit: int, recipe: dict) -> Output | None:
+    def _trust(ctx: StageContext, topk, layer: str, unit: int, recipe: dict, render: float | None) -> Output | None:
         vis = ctx.atlas.result("featvis", layer, unit)
         examples = topk.examples(layer, unit)
-        if vis is None or not examples:
+        if vis is None or render is None or not examples:
             return None
-        render, best = float(vis.payload["value"]), float(examples[0]["value"])
+        best = float(examples[0]["value"])
         ratio = render / best if best > 0 else None
         trust = Recipe("trust", recipe["model"], {"render": vis.recipe.get("params", {}), "scan": recipe["params"],
-                                                  "by": BY})
+                                                  "by": BY, "picture": vis.images.get("image"),
+                                                  "forward": "float32, the stored 8-bit picture"})
         return Output("trust", layer, unit, {"render_value": render, "best_dataset_value": best, "ratio": ratio,
-                                             "best_index": examples[0]["index"]}, trust)
+                                             "best_index": examples[0]["index"], "by": BY}, trust)
 
     @staticmethod
     def _layer(layer_stats, layer: str, recipe: dict) -> Output:

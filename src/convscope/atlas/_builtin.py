@@ -3,7 +3,8 @@ visualization, its filter (first conv layer) and its evolution strip across chec
 
 Per-unit renders are batched a whole fixed chunk at a time (`render` seeds item i of a batch from (seed, i), so a
 unit's picture depends on its chunk): a resumed build re-renders the chunk of a missing unit and keeps only the
-units still missing, which come out exactly as in an uninterrupted build.
+units still missing, which come out exactly as in an uninterrupted build. The precision of a layer's renders is
+resolved once and pinned in the atlas (`render_precision`), since "auto" measures speed in each process.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .stages import Key, Stage, StageContext, register_stage
 from .store import Output
 
 __all__ = ["DatasetSample", "ClassModels", "FeatureVisualization", "Filters", "EvolutionStrips", "sample_indices",
-           "THUMB"]
+           "THUMB", "render_chunk", "render_precision"]
 
 THUMB = 96  # side of the thumbnails the layer grid shows for pictures larger than 128 pixels
 SAMPLE_SIDE = 256  # dataset images are stored at most this large (the live page resizes them for the model anyway)
@@ -108,7 +109,11 @@ class ClassModels(Stage):
         from ..featvis import class_model
 
         classes = self.classes(ctx)  # the batch is always every chosen class: a class's picture never moves
-        vis = class_model(ctx.spec, classes, steps=ctx.config.steps, seed=ctx.config.seed,
+        precision = ctx.config.precision
+        if precision == "auto":
+            precision = ctx.pinned("precision:class_model", lambda: class_model(
+                ctx.spec, classes, steps=1, seed=ctx.config.seed).recipe.params["precision"])
+        vis = class_model(ctx.spec, classes, steps=ctx.config.steps, seed=ctx.config.seed, precision=precision,
                           progress=lambda d, t: ctx.partial(len(todo) * d / t))
         recipe = vis.recipe.to_dict()
         for item, index in enumerate(classes):
@@ -117,6 +122,28 @@ class ClassModels(Stage):
                            "item": item}
                 yield Output(self.kind, "", index, payload, {**recipe, "params": {**recipe["params"], "item": item}},
                              _with_thumb(vis.image(item)))
+
+
+def render_precision(ctx: StageContext, layer: str, units: list[int]) -> str:
+    """The precision every render of `layer` runs in: `--precision` when it names one; for "auto", what
+    `featvis.render` measures on one step of a whole chunk the first time, pinned in the atlas from then on."""
+    if ctx.config.precision != "auto":
+        return ctx.config.precision
+
+    def resolve() -> str:
+        from ..featvis import channel, render
+
+        trial = render(ctx.spec, channel(layer, units), steps=1, seed=ctx.config.seed, precision="auto")
+        return trial.recipe.params["precision"]
+
+    return ctx.pinned(f"precision:featvis:{layer}", resolve)
+
+
+def render_chunk(spec, layer: str, units: list[int], steps: int, seed: int, precision: str):
+    """One chunk's render: the same inputs give the same `Visualization` in any process (a Ray task too)."""
+    from ..featvis import channel, render
+
+    return render(spec, channel(layer, units), steps=steps, seed=seed, precision=precision)
 
 
 @register_stage
@@ -131,20 +158,35 @@ class FeatureVisualization(Stage):
         return [(layer, unit) for layer, unit, _, _ in ctx.atlas.plan()]
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[Output]:
-        from ..featvis import channel, render
+        from ._ray import run_chunks
 
-        for layer, units, keep in _chunks(ctx, todo):
-            vis = render(ctx.spec, channel(layer, units), steps=ctx.config.steps, seed=ctx.config.seed,
-                         progress=lambda d, t, n=len(keep): ctx.partial(n * d / t))
+        chunks = list(_chunks(ctx, todo))
+        keep = {(layer, tuple(units)): kept for layer, units, kept in chunks}
+        jobs = [(layer, units, ctx.config.steps, ctx.config.seed, render_precision(ctx, layer, units))
+                for layer, units, _ in chunks]
+        if ctx.config.engine == "ray":
+            found = run_chunks(ctx, render_chunk, jobs)
+        else:  # in order, with the steps of the chunk in hand on the progress bar
+            found = ((job, self._local(ctx, job, len(keep[(job[0], tuple(job[1]))]))) for job in jobs)
+        for (layer, units, *_), vis in found:
             recipe = vis.recipe.to_dict()
+            kept = keep[(layer, tuple(units))]
             for item, unit in enumerate(units):
-                if unit not in keep:
+                if unit not in kept:
                     continue
                 payload = {"value": float(vis.values[item]), "start_value": float(vis.start_values[item]),
                            "render_dead": item in vis.dead, "chunk": units, "item": item}
                 params = {**recipe["params"], "unit": unit, "item": item}
                 yield Output(self.kind, layer, unit, payload, {**recipe, "params": params},
                              _with_thumb(vis.image(item)))
+
+    @staticmethod
+    def _local(ctx: StageContext, job: tuple, count: int):
+        from ..featvis import channel, render
+
+        layer, units, steps, seed, precision = job
+        return render(ctx.spec, channel(layer, units), steps=steps, seed=seed, precision=precision,
+                      progress=lambda d, t: ctx.partial(count * d / t))
 
 
 @register_stage
@@ -207,9 +249,10 @@ class EvolutionStrips(Stage):
         checkpoints = ctx.checkpoints()
         for layer, units, keep in _chunks(ctx, todo):
             renders = []
+            precision = render_precision(ctx, layer, units)
             for k, (_, spec) in enumerate(checkpoints):
                 renders.append(render(spec, channel(layer, units), steps=ctx.config.steps, seed=ctx.config.seed,
-                                      progress=lambda d, t, k=k, n=len(keep):
+                                      precision=precision, progress=lambda d, t, k=k, n=len(keep):
                                       ctx.partial(n * (k + d / t) / len(checkpoints))))
             labels = [label for label, _ in checkpoints]
             base = renders[0].recipe.to_dict()["params"]

@@ -12,6 +12,7 @@ are refused, since they would mix two different atlases in one folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from ..errors import LayerNotFoundError, OptionError, suggest
 from ..results import Recipe, versions
 from . import _builtin  # noqa: F401, I001  (registers the built-in stages: these first)
 from . import _analysis  # noqa: F401, E402, I001  (then the dataset scan, which reads the visualizations' values)
+from . import _embedding  # noqa: F401, E402, I001  (then predictions, the t-SNE grid and the probes)
 from ._schema import FILES
 from .stages import STAGES, Stage, StageContext
 from .store import TEMP_MARK, Atlas, AtlasError, now
@@ -35,7 +37,7 @@ Progress = Callable[[float, int, str], None]
 
 # options that change what is stored: an atlas is resumed only with the same values
 _RESULT_OPTIONS = ("model", "arch", "data", "layers", "units", "checkpoints", "classes", "steps", "seed", "chunk",
-                   "samples", "k", "scan_limit")
+                   "samples", "k", "scan_limit", "probe_limit", "precision")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,12 @@ class BuildConfig:
         chunk: units per batched render; fixed for the atlas, since a unit's picture depends on its chunk.
         samples: dataset images stored in the atlas (for the live page and the image pages).
         k, scan_limit: top images per unit, and how many dataset items the scan reads (None: all).
-        engine: "local"; "ray" comes with the dataset analysis.
+        probe_limit: dataset items the linear probes read (a seeded sample; None: all).
+        precision: what the renders run in: "auto" (resolved once per layer by `featvis.render`'s own measurement,
+            then pinned in the atlas, so a resume in another process renders the same), "float32" or "bf16".
+        engine: "local", or "ray": the dataset scan runs as Ray tasks (`analysis.scan(engine="ray")`) and so do the
+            render chunks, each one task whose result does not depend on where it runs.
+        address: the Ray cluster to join (None: a local Ray, started and stopped by the build); not stored.
         stages: the stage names to run (None: every registered stage that can run).
     """
 
@@ -70,7 +77,10 @@ class BuildConfig:
     samples: int = 64
     k: int = 9
     scan_limit: int | None = None
+    probe_limit: int | None = 2000
+    precision: Literal["auto", "float32", "bf16"] = "auto"
     engine: Literal["local", "ray"] = "local"
+    address: str | None = None
     stages: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +93,13 @@ class BuildConfig:
             raise OptionError(f"samples must be >= 0, got {self.samples}")
         if self.engine not in ("local", "ray"):
             raise OptionError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.address and self.engine != "ray":
+            raise OptionError("an address is for --engine ray")
+        if self.precision not in ("auto", "float32", "bf16"):
+            raise OptionError(f"precision must be 'auto', 'float32' or 'bf16', got {self.precision!r}")
+        for name in ("scan_limit", "probe_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise OptionError(f"{name} must be >= 1 (or None for all), got {getattr(self, name)}")
 
     def identity(self) -> dict[str, Any]:
         """The options that decide what is stored (JSON-ready)."""
@@ -200,16 +217,15 @@ def build(config: BuildConfig, out: str | Path, *, device: Any = None, progress:
     the last stored result; every stored result stays, and the same call resumes.
     """
     from ..models import load
+    from ._ray import ray_session
 
-    if config.engine == "ray":
-        raise AtlasError("--engine ray is not available yet: distributed builds come with the dataset analysis "
-                         "(top-k, statistics, t-SNE); use --engine local")
     start = time.perf_counter()
-    with Atlas(out, create=True) as atlas:
+    with Atlas(out, create=True) as atlas, contextlib.ExitStack() as stack:
         _check_options(atlas, config)
         if atlas.model() is not None:
             atlas.set_meta("config", config.identity())  # records options newer than the atlas
         cleaned = _clean_temp(atlas.folder)
+        stack.enter_context(ray_session(config))
         spec = load(config.model, arch=config.arch, seed=config.seed, device=device)
         ctx = StageContext(spec=spec, config=config, atlas=atlas, device=device)
         with atlas.transaction() as conn:

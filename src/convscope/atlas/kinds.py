@@ -1,9 +1,9 @@
 """The kinds of results an atlas holds: for each, its level, its payload and its image roles.
 
 This is the contract between the build stages that write results and the viewer that shows them. The viewer shows
-a section for every kind it finds and knows; a kind it does not know is shown as its payload and pictures. Kinds
-marked `planned` (t-SNE, probes) have no stage yet: their payloads are fixed here so those stages and the viewer's
-sections fit without a schema change.
+a section for every kind it finds and knows; a kind it does not know is shown as its payload and pictures. A kind
+marked `planned` has no stage yet: its payload is fixed here so its stage and the viewer's section fit without a
+schema change.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          ("strip",)),
     Kind("class_model", "model", "Class model", "class index, name, value (the class logit reached)", ("image",)),
     Kind("dataset_image", "model", "Dataset image", "index, label, class name, source", ("image",)),
-    # written by the dataset scan stage (`_analysis`); t-SNE and probes are planned
+    # written by the dataset scan stage (`_analysis`)
     Kind("topk", "unit", "Top images",
          "k, by ('max'|'mean'), examples [{index, source, label, class, value, row, col}] best first",
          ("image:{i}", "patch:{i}", "projection:{i}")),
@@ -57,12 +57,18 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          "mean, std, max, active (fraction of inputs where the unit fires), sparsity (1 - active), dead (never "
          "fires), inputs, by, histogram {edges [bins - 1], counts [bins]}"),
     Kind("trust", "unit", "Trust figure",
-         "render_value, best_dataset_value, ratio (render / best dataset; > 1: the picture excites the unit more "
-         "than any dataset image), best_index"),
+         "render_value (the unit's spatial max on its stored picture), best_dataset_value (its spatial max on the "
+         "best dataset image), ratio (render / best dataset, null when no image makes the unit fire; > 1: the "
+         "picture drives the unit harder than any dataset image), best_index, by ('max')"),
     Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity, inputs"),
-    Kind("probe", "layer", "Linear probe", "accuracy (held-out), train_size, test_size", planned=True),
+    # written by the stages of `_embedding`
+    Kind("prediction", "model", "Predictions",
+         "index, label, top [{class, name, probability}] most probable first (error when unreadable)"),
+    Kind("probe", "layer", "Linear probe",
+         "accuracy (held-out), train_accuracy, dims, train_size, test_size, chance, classes"),
     Kind("tsne", "model", "t-SNE grid",
-         "layer, rows, cols, cells: rows*cols dataset indices (or null), row-major", ("grid",), planned=True),
+         "layer, rows, cols, cells: rows*cols dataset indices (or null), row-major; items, perplexity, classes, "
+         "labels {index: label}", ("grid",)),
 ]}
 
 

@@ -70,6 +70,16 @@ class StageContext:
             self._checkpoints = loaded
         return self._checkpoints
 
+    def pinned(self, key: str, resolve: Callable[[], Any]) -> Any:
+        """A value the atlas fixes the first time it is needed (what precision "auto" resolved to for a layer's
+        renders), stored in its meta table (`pinned`) before any result that depends on it, and read back by every
+        later build or resume, in whatever process: a choice measured per process never splits an atlas."""
+        pins = self.atlas.meta().get("pinned", {})
+        if key not in pins:
+            pins[key] = resolve()
+            self.atlas.set_meta("pinned", pins)
+        return pins[key]
+
     def plan(self) -> dict[str, dict[int, list[int]]]:
         """layer -> chunk -> its units in item order, from the atlas's stored plan."""
         found: dict[str, dict[int, list[tuple[int, int]]]] = {}

@@ -39,8 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--k", type=int, default=9, help="top dataset images per unit (default 9)")
     build.add_argument("--scan-limit", type=int, default=None, metavar="N",
                        help="scan only the first N dataset items (default: all)")
+    build.add_argument("--probe-limit", type=int, default=2000, metavar="N",
+                       help="dataset items the linear probes read, a seeded sample (default 2000)")
+    build.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto",
+                       help="what the renders run in (default auto: measured once per layer, then pinned in the atlas)")
     build.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="where stages run (ray: not yet for the atlas)")
+                       help="where the scan and the render chunks run (ray: Ray tasks; default local)")
+    build.add_argument("--address", default=None,
+                       help="with --engine ray: the cluster to join (HOST:6379, ray://HOST:10001, auto); default a "
+                            "local Ray started for the build")
     build.add_argument("--stages", type=_layers, default=None, help="only these stages, comma-separated")
     build.set_defaults(handler=run_build)
 
@@ -73,8 +80,8 @@ def run_build(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, arch=args.arch, layers=tuple(args.layers) if args.layers else None,
         units=units, checkpoints=tuple(args.checkpoints), classes=tuple(args.classes) if args.classes else None,
         steps=args.steps, seed=args.seed, chunk=args.chunk, samples=args.samples, k=args.k,
-        scan_limit=args.scan_limit, engine=args.engine,
-        stages=tuple(args.stages) if args.stages else None)
+        scan_limit=args.scan_limit, probe_limit=args.probe_limit, precision=args.precision, engine=args.engine,
+        address=args.address, stages=tuple(args.stages) if args.stages else None)
     with progress("atlas") as bar:
         task = bar.add_task("planning", total=None)
 

@@ -60,8 +60,9 @@ def overview(atlas: Atlas) -> dict[str, Any]:
                      "probe": probes.get(row["name"], {}).get("accuracy")})
     classes = [{"class": r.unit, "name": r.payload.get("name"), "value": r.payload.get("value"),
                 "image": _picture(r)} for r in atlas.results("class_model", recipes=False)]
+    chance = next((p.get("chance") for p in probes.values() if p.get("chance") is not None), None)
     return {"page": "overview", "model": _model(atlas), "layers": rows, "class_models": classes,
-            "dataset": _dataset(atlas)}
+            "dataset": _dataset(atlas), "probe_chance": chance}
 
 
 def _dataset(atlas: Atlas) -> list[dict[str, Any]]:
@@ -143,18 +144,21 @@ def tsne_page(atlas: Atlas) -> dict[str, Any] | None:
     if result is None:
         return None
     return {"page": "tsne", "model": _model(atlas), "tsne": result.to_dict(),
-            "stored": sorted(d["index"] for d in _dataset(atlas))}
+            "stored": {d["index"]: {"image": d["image"], "class": d["class"]} for d in _dataset(atlas)}}
 
 
 def image_page(atlas: Atlas, index: int) -> dict[str, Any] | None:
-    """A dataset image of the atlas's sample, with the units whose top images it is among (when stored)."""
+    """A dataset image of the atlas's sample: the model's predictions and the units whose top images it is among
+    (when stored)."""
     result = atlas.result("dataset_image", "", index)
     if result is None:
         return None
     top = [{"layer": r.layer, "unit": r.unit, "rank": k + 1, "value": e.get("value")}
            for r in atlas.results("topk", recipes=False) for k, e in enumerate(r.payload.get("examples", []))
            if e.get("index") == index]
-    return {"page": "image", "model": _model(atlas), "image": result.to_dict(), "top_of": top}
+    prediction = atlas.result("prediction", "", index)
+    return {"page": "image", "model": _model(atlas), "image": result.to_dict(), "top_of": top,
+            "prediction": prediction.to_dict() if prediction else None}
 
 
 def live_page(atlas: Atlas) -> dict[str, Any]:
