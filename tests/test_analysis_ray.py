@@ -3,7 +3,6 @@ engine's, bit for bit, also when it resumes a checkpoint the local engine starte
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,6 @@ from convscope.models import load
 ray = pytest.importorskip("ray")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray for the test session: 2 workers, no dashboard; workers import this checkout's convscope."""
-    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_equals_local_and_resumes_a_local_checkpoint(local_ray, tmp_path):
