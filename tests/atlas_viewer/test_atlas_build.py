@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -83,6 +84,21 @@ def test_the_trust_figure_reads_the_stored_picture(tiny_atlas):
             expected = float(out[0, unit].max())
             got = atlas.result("trust", layer, unit).payload["render_value"]
             assert abs(got - expected) <= 1e-5 * max(1.0, abs(expected)), (layer, unit, got, expected)
+
+
+def test_the_trust_ratio_is_never_a_division_by_about_zero():
+    from convscope.atlas._analysis import RATIO_MAX, trust_ratio
+
+    rng = np.random.default_rng(0)
+    for render, best in [(2.0, 0.0), (2.0, -0.5), (-1.0, -3.0), (2.0, 1e-9), (0.0, 0.0), *rng.normal(size=(200, 2))]:
+        ratio, why = trust_ratio(float(render), float(best))
+        assert (ratio is None) == (why is not None)
+        if ratio is None:
+            assert best <= 0 or abs(render) > RATIO_MAX * best
+        else:
+            assert best > 0 and abs(ratio) <= RATIO_MAX and ratio * best == pytest.approx(render)
+    assert trust_ratio(2.0, 0.0)[1] == "no dataset image makes the unit fire"
+    assert "too close to zero" in trust_ratio(2.0, 1e-9)[1]
 
 
 def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_config):

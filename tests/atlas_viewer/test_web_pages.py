@@ -90,6 +90,20 @@ def test_tsne_probes_and_predictions_show_and_link(client):
     assert "The model's predictions" in image and top[0]["name"] in image
 
 
+def test_a_unit_without_a_trust_ratio_says_why(atlas_copy):
+    with Atlas(atlas_copy) as atlas:
+        trust = atlas.result("trust", "conv2", 3)
+        payload = {**trust.payload, "best_dataset_value": -0.25, "ratio": None,
+                   "no_ratio": "no dataset image makes the unit fire"}
+        atlas.put(Output("trust", "conv2", 3, payload, trust.recipe), "scan")
+    with TestClient(create_site([atlas_copy], device="cpu")) as client:
+        page = client.get("/layer/conv2/unit/3").text
+        assert "no dataset image makes the unit fire (best" in page and "trust figure <b>" not in page
+        cells = {c["unit"]: c for c in client.get("/api/layer/conv2").json()["cells"]}
+        assert cells[3]["trust"] is None and cells[2]["trust"] is not None
+        assert client.get("/layer/conv2").status_code == 200
+
+
 def test_a_top_image_of_the_sample_links_back_to_its_unit(atlas_copy):
     with Atlas(atlas_copy) as atlas:
         sample = [r.unit for r in atlas.results("dataset_image")]

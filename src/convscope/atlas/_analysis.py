@@ -28,15 +28,27 @@ from ..results import Recipe
 from .stages import Key, Stage, StageContext, register_stage
 from .store import Output
 
-__all__ = ["DatasetScan", "picture_max"]
+__all__ = ["DatasetScan", "picture_max", "trust_ratio"]
 
 BY = "max"
+RATIO_MAX = 1000.0  # a best dataset value below 1/1000 of the picture's makes a ratio that only measures noise
 PROJECTION = ("guided", "deconvnet")  # the first one the unit's layer supports is stored
 
 
 def _signed(gradient: torch.Tensor) -> torch.Tensor:
     top = float(gradient.abs().max())
     return gradient / (2 * top) + 0.5 if top > 0 else torch.full_like(gradient, 0.5)
+
+
+def trust_ratio(render: float, best: float) -> tuple[float | None, str | None]:
+    """(render / best, None) when the best dataset value is a real positive activation, else (None, why not): a
+    unit no image makes fire (best <= 0, as a conv output read before its ReLU can be), or a best value so close to
+    zero next to the picture's that the ratio would exceed `RATIO_MAX` and measure only rounding."""
+    if not best > 0:
+        return None, "no dataset image makes the unit fire"
+    if abs(render) > RATIO_MAX * best:
+        return None, f"the best dataset value is below 1/{RATIO_MAX:.0f} of the picture's: too close to zero"
+    return render / best, None
 
 
 def picture_max(ctx: StageContext, keys: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
@@ -156,12 +168,13 @@ class DatasetScan(Stage):
         if vis is None or render is None or not examples:
             return None
         best = float(examples[0]["value"])
-        ratio = render / best if best > 0 else None
+        ratio, why = trust_ratio(render, best)
         trust = Recipe("trust", recipe["model"], {"render": vis.recipe.get("params", {}), "scan": recipe["params"],
                                                   "by": BY, "picture": vis.images.get("image"),
                                                   "forward": "float32, the stored 8-bit picture"})
         return Output("trust", layer, unit, {"render_value": render, "best_dataset_value": best, "ratio": ratio,
-                                             "best_index": examples[0]["index"], "by": BY}, trust)
+                                             "best_index": examples[0]["index"], "by": BY,
+                                             **({"no_ratio": why} if why else {})}, trust)
 
     @staticmethod
     def _layer(layer_stats, layer: str, recipe: dict) -> Output:

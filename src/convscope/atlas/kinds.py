@@ -58,8 +58,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          "fires), inputs, by, histogram {edges [bins - 1], counts [bins]}"),
     Kind("trust", "unit", "Trust figure",
          "render_value (the unit's spatial max on its stored picture), best_dataset_value (its spatial max on the "
-         "best dataset image), ratio (render / best dataset, null when no image makes the unit fire; > 1: the "
-         "picture drives the unit harder than any dataset image), best_index, by ('max')"),
+         "best dataset image), ratio (render / best dataset; > 1: the picture drives the unit harder than any "
+         "dataset image; null when the best dataset value is <= 0 or below 1/1000 of the render's, and no_ratio "
+         "says which), best_index, by ('max')"),
     Kind("layer_stats", "layer", "Layer statistics", "units, dead [unit...], median_sparsity, inputs"),
     # written by the stages of `_embedding`
     Kind("prediction", "model", "Predictions",
