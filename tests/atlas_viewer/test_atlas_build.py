@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,6 +116,25 @@ def test_a_unit_renders_the_same_in_its_chunk_as_in_the_atlas(tiny_atlas, tiny_c
     with Atlas(tiny_atlas, readonly=True) as atlas:
         stored = Image.open(tiny_atlas / atlas.result("featvis", "conv1", 4).images["image"])
     assert np.array_equal(np.asarray(vis.image(1)), np.asarray(stored))
+
+
+def test_a_units_picture_does_not_depend_on_how_many_units_the_atlas_covers(tiny_atlas, tiny_config, tmp_path):
+    """--units-per-layer 4 instead of 5: unit 3 renders alone in its chunk instead of beside unit 4, at the same
+    position (its chunk is unit // chunk, its item unit % chunk), and its picture is the same bytes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build(replace(tiny_config, units=4, stages=("featvis",)), tmp_path / "four", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    with Atlas(tiny_atlas, readonly=True) as five, Atlas(tmp_path / "four", readonly=True) as four:
+        assert four.result("featvis", "conv2", 3).payload["chunk"] == [3]
+        assert five.result("featvis", "conv2", 3).payload["chunk"] == [3, 4]
+        for layer in ("conv1", "conv2"):
+            for unit in range(4):
+                path = five.result("featvis", layer, unit).images["image"]
+                assert four.result("featvis", layer, unit).images["image"] == path
+                assert (tmp_path / "four" / path).read_bytes() == (tiny_atlas / path).read_bytes(), (layer, unit)
 
 
 class _Curvature(Stage):

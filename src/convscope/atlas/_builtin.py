@@ -1,9 +1,12 @@
 """The stages built on the library as it is: a dataset sample, class models, and per unit its feature
 visualization, its filter (first conv layer) and its evolution strip across checkpoints.
 
-Per-unit renders are batched a whole fixed chunk at a time (`render` seeds item i of a batch from (seed, i), so a
-unit's picture depends on its chunk): a resumed build re-renders the chunk of a missing unit and keeps only the
-units still missing, which come out exactly as in an uninterrupted build. The precision of a layer's renders is
+Per-unit renders are batched a whole fixed chunk at a time. Unit u of a layer is item u % chunk of chunk
+u // chunk, and `render` seeds item i from (seed, i), so a unit's picture depends on the seed, the steps, `--chunk`
+and the precision, never on how many units the atlas covers (`--units-per-layer`) nor on which of them a resumed
+build still misses: a resume re-renders the chunk of a missing unit and keeps only the units still missing, which
+come out exactly as in an uninterrupted build (tested). Independence from `--chunk` too would need `featvis.render`
+to seed from a unit's index rather than its position in the batch. The precision of a layer's renders is
 resolved once and pinned in the atlas (`render_precision`), since "auto" measures speed in each process.
 """
 
