@@ -3,11 +3,17 @@ ImageNet MobileNetV2 and sample photos, and writes every picture with its recipe
 gallery is made this way).
 
 Each step is a small function `step(ctx) -> list[(file name, caption)]`; a step that cannot run on this machine
-(e.g. missing offline weights) is reported and skipped, and the demo exits non-zero only if a step fails.
+(e.g. missing offline weights) is reported and skipped, and the demo exits non-zero only if a step fails. A step
+whose pictures are already in the folder, made by the same code (the step's and convscope's sources, the versions,
+`quick`, the device), is not run again: a second `make demo` refreshes the gallery in seconds. `only` runs the
+chosen steps whatever their stamp.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -72,6 +78,32 @@ def step(title: str):
     return register
 
 
+def _code_hash() -> str:
+    """SHA-256 of convscope's own Python sources and the torch version: what every step's output depends on."""
+    import torch
+
+    root = Path(__file__).parent
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp(fn: Step, code: str, ctx: DemoContext) -> str:
+    text = json.dumps([inspect.getsource(fn), code, ctx.quick, ctx.device])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _up_to_date(record: Path, stamp: str, out: Path) -> bool:
+    """The step's last run left this stamp and every file it produced is still there."""
+    try:
+        made = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return made.get("stamp") == stamp and all((out / name).is_file() for name in made.get("files", []))
+
+
 def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
              only: list[str] | None = None) -> int:
     """Run every demo step (or those whose title contains one of `only`); write pictures and `gallery.md` to `out`."""
@@ -84,8 +116,13 @@ def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
     failed = 0
     sections = out / "sections"  # one markdown fragment per step, so `--only` refreshes a step, not the gallery
     sections.mkdir(exist_ok=True)
+    code = _code_hash()
     for number, (title, fn) in enumerate(STEPS):
         if only and not any(o.lower() in title.lower() for o in only):
+            continue
+        record, stamp = sections / f"{number:02d}.json", _stamp(fn, code, ctx)
+        if not only and _up_to_date(record, stamp, out) and (sections / f"{number:02d}.md").is_file():
+            print(f"demo: {title}: up to date", flush=True)
             continue
         start = time.perf_counter()
         print(f"demo: {title} ...", flush=True)
@@ -106,6 +143,7 @@ def run_demo(out: str | Path, *, device: str | None = None, quick: bool = False,
             else:
                 section += [f"![{caption}]({name})", "", caption, ""]
         (sections / f"{number:02d}.md").write_text("\n".join(section))
+        record.write_text(json.dumps({"stamp": stamp, "files": [name for name, _ in produced]}))
     for fragment in sorted(sections.glob("*.md")):
         lines.append(fragment.read_text())
     (out / "gallery.md").write_text("\n".join(lines))
