@@ -39,6 +39,8 @@ def test_the_tiny_atlas_holds_every_stage_with_recipes(tiny_atlas):
         assert vis.payload["chunk"] == [3, 4] and vis.payload["item"] == 1
         assert vis.recipe["params"]["objective"] == "conv2:[3, 4]" and vis.recipe["params"]["steps"] == 6
         assert vis.payload["value"] > vis.payload["start_value"]  # the render raised its objective
+        # the model is the strip's last checkpoint: that frame is its render (reused, not rendered again)
+        assert atlas.result("evolution", "conv2", 4).payload["values"][-1] == vis.payload["value"]
         strip = atlas.result("evolution", "conv1", 0)
         assert strip.payload["labels"] == ["convscope:small-cnn", "epoch 10"]
         assert len(atlas.result("class_model", "", 7).payload["name"]) > 0

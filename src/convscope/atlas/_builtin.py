@@ -171,7 +171,10 @@ class FeatureVisualization(Stage):
             found = run_chunks(ctx, render_chunk, jobs)
         else:  # in order, with the steps of the chunk in hand on the progress bar
             found = ((job, self._local(ctx, job, len(keep[(job[0], tuple(job[1]))]))) for job in jobs)
-        for (layer, units, *_), vis in found:
+        reuse = ctx.config.model in ctx.config.checkpoints
+        for (layer, units, _, _, precision), vis in found:
+            if reuse:
+                ctx.renders[(layer, tuple(units), precision)] = vis
             recipe = vis.recipe.to_dict()
             kept = keep[(layer, tuple(units))]
             for item, unit in enumerate(units):
@@ -254,6 +257,10 @@ class EvolutionStrips(Stage):
             renders = []
             precision = render_precision(ctx, layer, units)
             for k, (_, spec) in enumerate(checkpoints):
+                same = ctx.renders.get((layer, tuple(units), precision))  # the model itself, rendered just before
+                if same is not None and ctx.config.checkpoints[k] == ctx.config.model:
+                    renders.append(same)
+                    continue
                 renders.append(render(spec, channel(layer, units), steps=ctx.config.steps, seed=ctx.config.seed,
                                       precision=precision, progress=lambda d, t, k=k, n=len(keep):
                                       ctx.partial(n * (k + d / t) / len(checkpoints))))

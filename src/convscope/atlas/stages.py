@@ -46,6 +46,9 @@ class StageContext:
     _dataset: Any = None
     _checkpoints: list[tuple[str, ModelSpec]] | None = None
     notes: list[str] = field(default_factory=list)
+    # (layer, chunk units, precision) -> the model's own `Visualization` of that chunk, kept by the render stage
+    # when the model is also one of the checkpoints, so its evolution strips reuse the render (the same bits)
+    renders: dict[tuple[str, tuple[int, ...], str], Any] = field(default_factory=dict)
 
     @property
     def dataset(self) -> Dataset:
