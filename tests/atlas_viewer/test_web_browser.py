@@ -1,5 +1,6 @@
 """End to end in a real browser (Debian's Chromium, headless, through Playwright): click from the model to a layer
-to a unit and check that every picture loaded; upload a photo on the live page and see its maps appear.
+to a unit and check that every picture loaded; from the t-SNE grid to an image's predictions; upload a photo on the
+live page and see its maps appear.
 
 Screenshots go to $CONVSCOPE_SCREENSHOTS (default: a temporary folder). The README's screenshots are these tests
 run on the demo atlas:
@@ -82,6 +83,21 @@ def test_overview_layer_unit_pictures_load(viewer, page, shots):
     page.locator("a[rel=next], a[rel=prev]").first.click()
     page.wait_for_selector("section.result.featvis img")
     assert _all_loaded(page) >= 2
+    assert page.errors == []
+
+
+def test_tsne_grid_links_to_an_image_and_its_predictions(viewer, page, shots):
+    page.goto(viewer.url)
+    page.locator('a[href="tsne"]').first.click()
+    page.wait_for_selector("table.tsne a img")
+    cells = page.locator("table.tsne a")
+    assert cells.count() >= 5 and _all_loaded(page) >= cells.count()
+    page.screenshot(path=str(shots / "tsne.png"), full_page=True)
+    cells.nth(cells.count() // 2).click()
+    page.wait_for_selector("table.predictions")
+    assert "/image/" in page.url and _all_loaded(page) >= 1
+    assert page.locator("table.predictions tr").count() >= 2
+    page.screenshot(path=str(shots / "image.png"), full_page=True)
     assert page.errors == []
 
 
