@@ -82,6 +82,7 @@ def test_tsne_probes_and_predictions_show_and_link(client):
     assert client.get("/api/layer/conv2").json()["probe"]["accuracy"] == probes["conv2"]
     grid = client.get("/api/tsne").json()["tsne"]["payload"]
     tsne = client.get("/tsne").text
+    assert f"{grid['items']} images of the dataset sample" in tsne
     sample = [d["index"] for d in client.get("/api/model").json()["dataset"]]
     for index in (i for i in grid["cells"] if i is not None):  # every cell is a sample image linking to its page
         assert index in sample and f'href="image/{index}"' in tsne
