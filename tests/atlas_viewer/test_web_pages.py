@@ -129,7 +129,7 @@ class _Links(HTMLParser):
 def test_the_static_export_links_only_to_files_it_holds(tiny_atlas, tmp_path):
     site = export(tiny_atlas, tmp_path / "site")
     pages = sorted(site.rglob("*.html"))
-    assert site / "index.html" in pages and site / "layer/conv1/unit/3.html" in pages
+    assert site / "index.html" in pages and site / "layer/conv1/unit/3.html" in pages and site / "tsne.html" in pages
     checked = 0
     for page in pages:
         parser = _Links()
