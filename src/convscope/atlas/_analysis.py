@@ -7,12 +7,10 @@ the same quantity: the unit's spatial max on its stored picture (the PNG the vie
 of the model) over its spatial max on the best dataset image. Above 1, the picture drives the unit harder than any
 image of the dataset does anywhere. The max, not the mean: a conv layer read before its rectifier has a negative
 spatial mean on nearly every real image (no ratio at all on fashion-cnn), while its max is positive wherever the
-unit fires; and the max is what the top-9 patches show. A resumed build runs the pass again (it is cheap next to
-the renders)
-rather than resuming it from `scan`'s checkpoint: a `TopK` restored from a finished checkpoint draws a conv1 unit's
-"guided" projection that a freshly scanned one refuses (no rectifier below conv1), which would make a resumed atlas
-differ from an uninterrupted one. Per-unit results are stored as they come, so a killed build loses at most the
-pass and the unit in hand.
+unit fires; and the max is what the top-9 patches show. No ratio is stored when the best dataset value is <= 0 or
+too close to zero next to the picture's (`trust_ratio`). A resumed build runs the pass again (it is cheap next to
+the renders) rather than resuming it from `scan`'s checkpoint. Per-unit results are stored as they come, so a
+killed build loses at most the pass and the unit in hand.
 """
 
 from __future__ import annotations
