@@ -86,8 +86,8 @@ class TSNEGrid(Stage):
         return [("", -1)]
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[Output]:
-        from ..analysis.codes import codes, default_layer
-        from ..analysis.tsne import tsne_from_codes
+        from ..analysis import codes, tsne_from_codes
+        from ..analysis.codes import default_layer  # the model's code layer (not exported by the package)
 
         dataset, seed = ctx.dataset, ctx.config.seed
         layer = default_layer(ctx.spec.module)
@@ -118,8 +118,7 @@ class LinearProbes(Stage):
         return [(row["name"], -1) for row in ctx.atlas.layers(selected=True)]
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[Output]:
-        from ..analysis.codes import codes
-        from ..analysis.probe import probe_codes
+        from ..analysis import codes, probe_codes
 
         layers = [layer for layer, _ in todo]
         limit, seed = ctx.config.probe_limit, ctx.config.seed
