@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ._bound import proven_margin
 from ._collect import EMPTY_KEY, Collector, LayerBatch, Plan, State, sort_keys
 from ._rescore import Columns, Rows, RunnerFactory, Sidecar, Table, rescore
 
@@ -66,7 +67,11 @@ def _kth(values: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     return masked.topk(k, dim=1).values[:, -1]
 
 
-def _margin(t: torch.Tensor, scale: float) -> torch.Tensor:
+def _margin(t: torch.Tensor, scale: float, bound: torch.Tensor | None = None) -> torch.Tensor:
+    """scale x the margin assumed for inputs never re-scored: RHO |t|, or the proven one where `bound` (a layer
+    reading the model input, see `_bound`) is known."""
+    if bound is not None:
+        return scale * proven_margin(t, bound)
     return scale * RHO * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
 
 
@@ -187,14 +192,14 @@ def pilot(runner: Callable[[str], AbstractContextManager[Any]], items: Sequence[
     return ratios
 
 
-def _check(r: Rows, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check(r: Rows, k: int, bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(certified (U,), slots to re-score next (U, M), band threshold t - d (U,)) for one layer's rows."""
     found, s32, s16 = r.found, r.s32, r.s16
     valid = r.valid
     t32 = _kth(s32, found, k)
     filled = t32 > float("-inf")
     diff = torch.where(found, (s32 - s16).abs(), torch.zeros_like(s16))
-    delta = torch.maximum(2 * diff.amax(1), _margin(t32, 1.0))
+    delta = torch.maximum(2 * diff.amax(1), _margin(t32, 1.0, bound))
     bound = torch.maximum(torch.where(valid & ~found, s16, torch.full_like(s16, float("-inf"))).amax(1), r.floor)
     certified = (bound == float("-inf")) | (filled & (bound + delta < t32))
     threshold = torch.where(filled, t32 - delta, torch.full_like(t32, float("-inf")))
@@ -225,13 +230,14 @@ def _exact_topk(r: Rows, k: int) -> dict[str, torch.Tensor]:
 
 
 def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None],
-            fallback: Callable[[Plan], State], plan: Plan, candidates: State, k: int
-            ) -> tuple[State, State | None, dict[str, Any]]:
+            fallback: Callable[[Plan], State], plan: Plan, candidates: State, k: int,
+            bounds: dict[str, torch.Tensor] | None = None) -> tuple[State, State | None, dict[str, Any]]:
     """Exact top-k states (per layer, (U, k) tensors as `TopKCollector` keeps them) from a bf16 candidate state.
 
     `runner_factory` gives float32 runners for `rescore`; `bf16_pass(plan, collector)` runs the bf16 network over
     the scanned items for a sub-plan's layers with one collector; `fallback(plan)` runs a float32 scan of a
-    sub-plan and returns its merged states ({"topk": ..., "stats": ...}). Returns (top-k state, float32 statistics
+    sub-plan and returns its merged states ({"topk": ..., "stats": ...}). `bounds`: per layer reading the model
+    input, its proven error term A (U,) (`_bound.input_bounds`), which replaces the assumed margin. Returns (top-k state, float32 statistics
     state when the fallback covered every layer, else None, report)."""
     rows = {name: Rows.make(c["indices"], c["values"], c["batch_sizes"], c["labels"], c["floor"])
             for name, c in candidates.items()}
@@ -251,12 +257,15 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
         diff = torch.where(r.found, (r.s32 - r.s16).abs(), torch.zeros_like(r.s16)).amax(1)
         ratio = float(torch.where(t16 > 0, 2 * diff / t16, torch.zeros_like(t16)).median())
         report["error_ratio"][name] = round(ratio, 4)
+        if bounds and name in bounds:  # the proven margin d / |t| (median over units), in place of RHO
+            margin = proven_margin(t16, bounds[name]) / t16.clamp(min=1e-30)
+            report.setdefault("proven_margin", {})[name] = round(float(margin.median()), 4)
         if ratio > HOPELESS:
             depth = i
     rest = {name: rows[name] for name in names[depth + 1:]}
     certified = {name: torch.ones(rows[name].indices.shape[0], dtype=torch.bool) for name in names[depth + 1:]}
     if rest:
-        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k)
+        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k, bounds or {})
     # Positions (row, col) for the final top-k entries whose pair was never asked for.
     final = {name: _topk_slots(r, k) for name, r in rest.items()}
     _record(report, rescore(runner_factory, plan.layers, rest, table, final, positions=True))
@@ -280,29 +289,32 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
 
 def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
                   rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
-                  k: int) -> dict[str, torch.Tensor]:
+                  k: int, bounds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Re-score and band passes until every unit of `rows` is certified or given up (in place); returns the
     certified units per layer."""
     # Units whose band clearly outgrew their candidates get their band before more float32 work.
     wide = {}
     for name, r in rows.items():
         t16 = _kth(r.s16, r.valid, k)
+        # The trigger keeps the assumed margin even where a proven (narrower) one is known: a unit whose dropped
+        # inputs come that close has ties or near-ties a band resolves in one pass, and the band itself is cut at
+        # the proven margin.
         near = (r.floor > float("-inf")) & (t16 > float("-inf")) & (r.floor >= t16 - _margin(t16, FIRST_ROUND))
-        wide[name] = torch.where(near, t16 - _margin(t16, BAND), torch.full_like(t16, float("inf")))
+        wide[name] = torch.where(near, t16 - _margin(t16, BAND, bounds.get(name)), torch.full_like(t16, float("inf")))
     _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
     requests = {}
     for name, r in rows.items():  # round one: the bf16 top-k and everything near its k-th value
         t16 = _kth(r.s16, r.valid, k)
-        requests[name] = r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND))[:, None])
+        requests[name] = r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND, bounds.get(name)))[:, None])
     for attempt in range(3):
-        certified = _rounds(runner_factory, plan, rows, table, requests, k, report)
+        certified = _rounds(runner_factory, plan, rows, table, requests, k, report, bounds)
         if attempt == 2:
             break
         # Units still open because inputs left out of their rows may lie in their band: one more band pass each,
         # at twice the margin the float32 values now give.
         wide, requests = {}, {}
         for name, r in rows.items():
-            _, _, threshold = _check(r, k)
+            _, _, threshold = _check(r, k, bounds.get(name))
             t32 = _kth(r.s32, r.found, k)
             open_ = ~certified[name] & ~given_up[name] & (r.floor >= threshold) & (t32 > float("-inf"))
             if bool(open_.any()):
@@ -335,14 +347,15 @@ def _topk_slots(r: Rows, k: int) -> torch.Tensor:
 
 
 def _rounds(runner_factory: RunnerFactory, plan: Plan, rows: dict[str, Rows], table: Table,
-            requests: dict[str, torch.Tensor], k: int, report: dict[str, Any]) -> dict[str, torch.Tensor]:
+            requests: dict[str, torch.Tensor], k: int, report: dict[str, Any], bounds: dict[str, torch.Tensor]
+            ) -> dict[str, torch.Tensor]:
     """Re-score the requests, then whatever the certificate asks for, until it asks for nothing new.
     Returns each layer's certified units."""
     while True:
         _record(report, rescore(runner_factory, plan.layers, rows, table, requests, k=k))
         requests, certified = {}, {}
         for name, r in rows.items():
-            ok, extra, _ = _check(r, k)
+            ok, extra, _ = _check(r, k, bounds.get(name))
             certified[name] = ok
             if bool(extra.any()):
                 requests[name] = extra

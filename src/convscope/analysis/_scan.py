@@ -17,6 +17,7 @@ from ..data import Dataset, resolve
 from ..errors import DatasetError, OptionError
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
+from ._bound import InputRange, first_layers, input_bounds
 from ._codes_state import CodesCollector
 from ._collect import By, Collector, LayerPlan, Plan
 from ._engine import Accumulator, ShardRunner, Units, resolve_units, run_local, scan_layers
@@ -176,6 +177,11 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     collectors: list[Collector] = []
     if topk:
         collectors.append(CandidateCollector(candidates) if candidates else TopKCollector(k))
+    if candidates:  # a first layer's proven bf16 error bound needs its input checked on every batch (`_bound`)
+        firsts = first_layers(spec.module, plans)
+        if firsts:
+            paths = {lp.name: lp.path for lp in plans}
+            collectors.append(InputRange(firsts, [paths[name] for name in firsts]))
     if stats:
         collectors.append(StatsCollector())
     if codes is not None:
@@ -225,7 +231,8 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
     topk_state = acc.states.get("topk")
     report, exact_stats = None, None
     if "candidates" in acc.states:
-        topk_state, exact_stats, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"])
+        bounds = input_bounds(spec.module, plan.layers, acc.states.get("inputs", {}), spec.device)
+        topk_state, exact_stats, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"], bounds)
     result_topk = None
     if topk_state is not None:
         layers = {name: LayerTopK(name, channels[name], *(topk_state[name][f].clone() for f in
@@ -270,8 +277,8 @@ def _codes(spec: ModelSpec, dataset: Dataset, plan: Plan, acc: Accumulator, skip
                  skipped=skipped, pool=asked["pool"], recipe=Recipe(kind="codes", model=spec.describe(), params=params))
 
 
-def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dict[str, Any]
-                  ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dict[str, Any],
+                  bounds: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """The exact top-k of a bf16 scan: its candidates re-scored in float32 and certified (see `_certify`)."""
     from ._certify import certify
 
@@ -290,7 +297,7 @@ def _certify_bf16(spec: ModelSpec, dataset: Dataset, plan: Plan, candidates: dic
         run_local(spec, dataset, sub, inner.collectors, inner)
         return inner.states
 
-    return certify(runner_factory, bf16_pass, fallback, plan, candidates, plan.k)
+    return certify(runner_factory, bf16_pass, fallback, plan, candidates, plan.k, bounds)
 
 
 def topk(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: int = 9, **options: Any) -> TopK:
