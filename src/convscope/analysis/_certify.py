@@ -13,7 +13,10 @@ scan computes) and each unit is certified:
 RHO = 2^-5 is eight times bfloat16's unit roundoff u = 2^-8: a first layer's error is at most about
 u (2 sum|w x| + |y|), within RHO |y| while sum|w x| <= 3.5 |y| (little cancellation, as at a unit's top responses);
 the 2 e term covers deeper layers, whose errors compound, measured on the inputs that matter (the highest
-responses). It is a bound the data confirms, not a proof for every network.
+responses). It is a bound the data confirms, not a proof for every network. A layer that reads the model input
+directly (a first convolution) gets a proven margin instead, d = max(2 e, u |t| + (1 + u) A) (`_bound`: A from its
+weights and the largest input; fashion-cnn's conv1: 0.014 |t| instead of 0.031 |t|); wherever RHO appears below,
+such a layer uses it.
 
 The steps, cheapest first:
 1. Probe: each unit's three best bf16 inputs in float32. A layer whose median unit has 2 e > |t| / 12 would need
@@ -237,8 +240,8 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     `runner_factory` gives float32 runners for `rescore`; `bf16_pass(plan, collector)` runs the bf16 network over
     the scanned items for a sub-plan's layers with one collector; `fallback(plan)` runs a float32 scan of a
     sub-plan and returns its merged states ({"topk": ..., "stats": ...}). `bounds`: per layer reading the model
-    input, its proven error term A (U,) (`_bound.input_bounds`), which replaces the assumed margin. Returns (top-k state, float32 statistics
-    state when the fallback covered every layer, else None, report)."""
+    input, its proven error term A (U,) (`_bound.input_bounds`), which replaces the assumed margin. Returns
+    (top-k state, float32 statistics state when the fallback covered every layer, else None, report)."""
     rows = {name: Rows.make(c["indices"], c["values"], c["batch_sizes"], c["labels"], c["floor"])
             for name, c in candidates.items()}
     names = [lp.name for lp in plan.layers]
