@@ -19,13 +19,17 @@ weights and the largest input; fashion-cnn's conv1: 0.014 |t| instead of 0.031 |
 such a layer uses it.
 
 The steps, cheapest first:
-1. Probe: each unit's three best bf16 inputs in float32. A layer whose median unit has 2 e > |t| / 12 would need
-   a band holding much of the dataset; it and every layer before it go to one float32 pass (step 5).
-2. Band pass: a unit whose band [t - d, inf) clearly holds more inputs than its candidates (many inputs within
+1. Band pass: a unit whose band [t - d, inf) clearly holds more inputs than its candidates (many inputs within
    bf16's resolution of its k-th value: early layers on images with saturated pixels, ReLU6's 6) gets a bf16 pass
    up to its layer that collects every input within 2 RHO |t16| of its k-th value. A layer whose band holds more
    than half the inputs, or the fullest units beyond `BAND_LIMIT` pairs, are given up (step 5).
-3. Rounds: every candidate within RHO |t16| of the k-th bf16 value, then whatever the certificate still asks for.
+2. Round one: every candidate within RHO |t16| of the k-th bf16 value, and each unit's three best bf16 inputs (the
+   probe). The probe measures how far bf16 is from float32 on each layer: a layer whose median unit has
+   2 e > |t| / 12 would need a band holding much of the dataset; it and every layer before it go to one float32
+   pass (step 5). (The probe used to be a round of its own, before the band pass: one more round of re-scoring,
+   saved on every layer that is not hopeless, at the price of a band pass and round one spent in vain on one
+   that is.)
+3. Rounds: whatever the certificate still asks for.
 4. Units still open because dropped inputs may lie in their band: one more band pass at twice the float32 margin
    (twice at most), and rounds again.
 5. Whatever is left open runs in one float32 pass up to the deepest such layer, for every unit of the layers it
@@ -250,17 +254,19 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
                               "band_passes": 0, "band_units": {}, "band_pairs": 0, "error_ratio": {}}
     given_up = {name: torch.zeros(r.indices.shape[0], dtype=torch.bool) for name, r in rows.items()}
     # Probe: each unit's three best bf16 inputs in float32 measure how far bf16 is from float32 on each layer.
-    # Where the median unit's error bound reaches 1/8 of its k-th value, its band would hold most of the dataset:
+    # Where the median unit's error bound reaches 1/12 of its k-th value, its band would hold most of the dataset:
     # that layer and every layer before it are computed by one float32 pass instead (exact by construction).
-    probe = {name: r.valid & (torch.arange(r.indices.shape[1]) < PROBE) for name, r in rows.items()}
-    _record(report, rescore(runner_factory, plan.layers, rows, table, probe, k=k))
+    # The probe is re-scored with round one (which holds every unit's top-k anyway): one round less.
+    bounds = bounds or {}
+    _first_round(runner_factory, bf16_pass, plan, rows, table, given_up, report, k, bounds)
     depth = -1  # layers[:depth + 1] go to the float32 pass
     for i, (name, r) in enumerate(rows.items()):
         t16 = _kth(r.s16, r.valid, k).abs()
-        diff = torch.where(r.found, (r.s32 - r.s16).abs(), torch.zeros_like(r.s16)).amax(1)
+        probe = _best_slots(r, PROBE) & r.found
+        diff = torch.where(probe, (r.s32 - r.s16).abs(), torch.zeros_like(r.s16)).amax(1)
         ratio = float(torch.where(t16 > 0, 2 * diff / t16, torch.zeros_like(t16)).median())
         report["error_ratio"][name] = round(ratio, 4)
-        if bounds and name in bounds:  # the proven margin d / |t| (median over units), in place of RHO
+        if name in bounds:  # the proven margin d / |t| (median over units), in place of RHO
             margin = proven_margin(t16, bounds[name]) / t16.clamp(min=1e-30)
             report.setdefault("proven_margin", {})[name] = round(float(margin.median()), 4)
         if ratio > HOPELESS:
@@ -268,7 +274,7 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     rest = {name: rows[name] for name in names[depth + 1:]}
     certified = {name: torch.ones(rows[name].indices.shape[0], dtype=torch.bool) for name in names[depth + 1:]}
     if rest:
-        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k, bounds or {})
+        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k, bounds)
     # Positions (row, col) for the final top-k entries whose pair was never asked for.
     final = {name: _topk_slots(r, k) for name, r in rest.items()}
     _record(report, rescore(runner_factory, plan.layers, rest, table, final, positions=True))
@@ -290,12 +296,11 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     return {name: state[name] for name in names}, stats, report
 
 
-def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
-                  rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
-                  k: int, bounds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Re-score and band passes until every unit of `rows` is certified or given up (in place); returns the
-    certified units per layer."""
-    # Units whose band clearly outgrew their candidates get their band before more float32 work.
+def _first_round(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
+                 rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
+                 k: int, bounds: dict[str, torch.Tensor]) -> None:
+    """Band passes for the units whose band clearly outgrew their candidates, then round one: every unit's bf16
+    top-k and everything near its k-th value, and its `PROBE` best, re-scored in float32 (rows in place)."""
     wide = {}
     for name, r in rows.items():
         t16 = _kth(r.s16, r.valid, k)
@@ -308,7 +313,26 @@ def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Coll
     requests = {}
     for name, r in rows.items():  # round one: the bf16 top-k and everything near its k-th value
         t16 = _kth(r.s16, r.valid, k)
-        requests[name] = r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND, bounds.get(name)))[:, None])
+        requests[name] = (r.valid & (r.s16 >= (t16 - _margin(t16, FIRST_ROUND, bounds.get(name)))[:, None])
+                          | _best_slots(r, PROBE))
+    _record(report, rescore(runner_factory, plan.layers, rows, table, requests, k=k))
+
+
+def _best_slots(r: Rows, count: int) -> torch.Tensor:
+    """(U, M) mask of each unit's `count` best valid slots by bf16 score."""
+    masked = torch.where(r.valid, r.s16, torch.full_like(r.s16, float("-inf")))
+    where = masked.topk(min(count, masked.shape[1]), dim=1).indices
+    mask = torch.zeros_like(r.valid)
+    mask.scatter_(1, where, True)
+    return mask & r.valid
+
+
+def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
+                  rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
+                  k: int, bounds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Re-score rounds and band passes after round one until every unit of `rows` is certified or given up (in
+    place); returns the certified units per layer."""
+    requests: dict[str, torch.Tensor] = {}
     for attempt in range(3):
         certified = _rounds(runner_factory, plan, rows, table, requests, k, report, bounds)
         if attempt == 2:
