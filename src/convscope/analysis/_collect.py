@@ -175,7 +175,9 @@ class LayerBatch:
         out = self.output
         if self._nchw and out.dtype == torch.float32:  # one pass without a temporary; square of the norm, to an ulp
             return self._units(torch.linalg.vector_norm(out, dim=(2, 3)) ** 2)
-        return self._units((out * out).sum((2, 3)).float())
+        # `square` rather than `out * out`: the same roundings (one product each), but a bfloat16 channels-last map
+        # squares in half the time (one operand to read).
+        return self._units(out.square().sum((2, 3)).float())
 
     @cached_property
     def score(self) -> torch.Tensor:
