@@ -68,7 +68,7 @@ class InputRange(Collector):
 
     def capture(self, state: State, name: str, output: torch.Tensor) -> None:
         layer = state[self._to_name[name]]
-        given = self._inputs
+        given, self._inputs = self._inputs, None  # keep no batch alive (nor pickle one to a Ray worker)
         same = (isinstance(output, torch.Tensor) and given is not None and output.shape == given.shape
                 and output.dtype == given.dtype and bool(torch.equal(output, given.to(output.device))))
         top = output.detach().abs().amax().float().cpu() if same else torch.tensor(float("inf"))
