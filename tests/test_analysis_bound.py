@@ -90,3 +90,15 @@ def test_fashion_bf16_scan_uses_the_proven_margin_and_stays_exact():
     fast = analysis.scan(spec, fashion, ["conv1", "conv2"], precision="bf16", **options)
     assert fast.topk.to_dict()["layers"] == exact.topk.to_dict()["layers"]
     assert set(fast.bf16["proven_margin"]) == {"conv1"} and fast.bf16["proven_margin"]["conv1"] < 2.0 ** -5
+
+
+@needs_fashion
+def test_no_bound_for_spatial_means():
+    # A spatial mean's bfloat16 sum is rounded once more than the bound covers: the assumed margin stays.
+    spec = load("convscope:fashion-cnn")
+    fashion = data.resolve("fashion-mnist")
+    options = dict(k=5, limit=256, batch_size=64, shard_size=128, stats=False, by="mean")
+    exact = analysis.scan(spec, fashion, ["conv1"], **options)
+    fast = analysis.scan(spec, fashion, ["conv1"], precision="bf16", **options)
+    assert fast.topk.to_dict()["layers"] == exact.topk.to_dict()["layers"]
+    assert "proven_margin" not in fast.bf16

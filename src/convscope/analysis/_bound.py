@@ -9,10 +9,12 @@ and the output y16 is rounded to bfloat16 once. With S = sum |w| |x| <= ||w_c||_
     |s - y| <= (2u + u^2) S + u |b| + (g16 + g32) (1 + u)^2 (S + |b|)     =: A   (s: the bf16 pass before its
                                                                                     output rounding, y: exact)
 
-where g16 and g32 are the float32 accumulation error factors of the two passes (gamma_n = n 2^-24 / (1 - n 2^-24);
-on a GPU the float32 pass may run in TF32, so 2^-10 is added there). The output rounding adds u |s|. For a unit's
-spatial maximum (|max a - max b| <= max |a - b|), an input whose bf16 score is below (1 - u) t - (1 + u) A cannot
-reach t in float32, for either sign of t: the margin is d = u |t| + (1 + u) A.
+where g16 and g32 are the float32 accumulation error factors of the two passes (gamma_n = n 2^-24 / (1 - n 2^-24),
+for any order of summation; the CPU's oneDNN convolutions and GEMMs sum directly). On a GPU the float32 pass may run
+in TF32, so 2^-10 is added there; that covers TF32, and is generous for cuDNN's Winograd or FFT algorithms, but is
+not proved for them. The output rounding adds u |s|. For a unit's spatial maximum (|max a - max b| <= max |a - b|),
+an input whose bf16 score is below (1 - u) t - (1 + u) A cannot reach t in float32, for either sign of t: the
+margin is d = u |t| + (1 + u) A. Only for `by="max"`: a spatial mean's bfloat16 sum is rounded once more.
 
 The bound needs the layer's input to be the model input, bit for bit, on every batch: `InputRange` checks exactly
 that during the bf16 pass (and records max |x|); any batch where it fails, or a non-finite input, drops the bound

@@ -177,7 +177,8 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     collectors: list[Collector] = []
     if topk:
         collectors.append(CandidateCollector(candidates) if candidates else TopKCollector(k))
-    if candidates:  # a first layer's proven bf16 error bound needs its input checked on every batch (`_bound`)
+    if candidates and by == "max":  # a first layer's proven bf16 error bound (`_bound`; a spatial max's, not a
+        # mean's, whose bfloat16 sum is rounded once more) needs its input checked on every batch
         firsts = first_layers(spec.module, plans)
         if firsts:
             paths = {lp.name: lp.path for lp in plans}
@@ -231,7 +232,8 @@ def _finish(spec: ModelSpec, dataset: Dataset, plan: Plan, collectors: list[Coll
     topk_state = acc.states.get("topk")
     report, exact_stats = None, None
     if "candidates" in acc.states:
-        bounds = input_bounds(spec.module, plan.layers, acc.states.get("inputs", {}), spec.device)
+        bounds = (input_bounds(spec.module, plan.layers, acc.states.get("inputs", {}), spec.device)
+                  if plan.by == "max" else {})
         topk_state, exact_stats, report = _certify_bf16(spec, dataset, plan, acc.states["candidates"], bounds)
     result_topk = None
     if topk_state is not None:
