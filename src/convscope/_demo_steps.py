@@ -155,3 +155,101 @@ def invariances(ctx: DemoContext):
     cli(ctx, f"invariances {FASHION} --layer conv2 --unit 12 --steps {n} -o {{out}}/invariances.png")
     return [("invariances.png", "Fashion-MNIST CNN conv2:12 at its optimum, moved along the flattest and steepest "
                                 "Hessian directions.")]
+
+
+def _dataset(name: str) -> None:
+    """Skip the step when dataset `name` is not installed here."""
+    from .data import resolve
+    from .errors import DatasetError
+
+    try:
+        resolve(name, split="test")
+    except DatasetError as error:
+        raise Skip(str(error)) from None
+
+
+def _drop(ctx: DemoContext, *names: str) -> None:
+    """Remove side files the gallery does not show (the .npz coordinates and thumbnails beside a picture)."""
+    for name in names:
+        (ctx.out / name).unlink(missing_ok=True)
+
+
+UNITS = (5, 12, 33)
+
+
+@step("Dataset analysis: top-9 images, patches and projections per unit")
+def topk(ctx: DemoContext):
+    _dataset("fashion-mnist")
+    limit = "--limit 2000 " if ctx.quick else ""
+    cli(ctx, f"topk {FASHION} --data fashion-mnist {limit}--layers conv2 --units {','.join(map(str, UNITS))} "
+             f"-o {{out}}/topk-fashion")
+    return [(f"topk-fashion/conv2/unit-{u}.png",
+             f"Fashion-MNIST CNN conv2:{u}: the 9 test images it fires on most, their receptive-field patches, "
+             f"DeconvNet and guided-backprop projections, and the class purity of the nine.") for u in UNITS]
+
+
+@step("Dataset analysis: statistics and dead units")
+def stats(ctx: DemoContext):
+    _dataset("fashion-mnist")
+    limit = "--limit 2000 " if ctx.quick else ""
+    cli(ctx, f"stats {FASHION} --data fashion-mnist {limit}--layers conv1,conv2,fc1,fc2 -o {{out}}/stats-fashion",
+        text="stats-fashion.txt")
+    return [("stats-fashion/stats.png", "Per-unit statistics of the Fashion-MNIST CNN over the test images: how often "
+                                        "each unit is active, dead units marked."),
+            ("stats-fashion.txt", "The per-layer summary `convscope stats` prints.")]
+
+
+@step("Dataset analysis: t-SNE grids of CNN codes")
+def tsne(ctx: DemoContext):
+    _dataset("fashion-mnist")
+    n = steps(ctx, 1000, 200)
+    cli(ctx, f"tsne {FASHION} --data fashion-mnist --limit {n} -o {{out}}/tsne-fashion.png")
+    _drop(ctx, "tsne-fashion.npz")
+    shown = [("tsne-fashion.png", "t-SNE of the Fashion-MNIST CNN's codes (the input of its last linear layer), each "
+                                  "image snapped to a grid cell, borders coloured by class.")]
+    try:
+        _dataset("photos")
+    except Skip:
+        return shown
+    cli(ctx, f"tsne {MOBILENET} --data photos --limit {n} --size 1024 -o {{out}}/tsne-photos.png")
+    _drop(ctx, "tsne-photos.npz")
+    _credit_photos(ctx)
+    return shown + [("tsne-photos.png", "t-SNE of MobileNetV2's codes on crops of 34 photographs (classes: the source "
+                                        "photo); credits in tsne-photos-credits.md.")]
+
+
+def _credit_photos(ctx: DemoContext) -> None:
+    """The crops keep their photographs' licences: credit them beside the picture."""
+    import re
+
+    from .data.photos import photos_folder
+
+    credits = photos_folder() / "CREDITS.md"
+    lines = credits.read_text().splitlines()[2:] if credits.is_file() else []
+    head = ("# Credits for the photo crops in tsne-photos.png\n\n"
+            "tsne-photos.png shows crops of the `photos` dataset (src/convscope/data/photos.py); each crop is a derived "
+            "work of its source photograph and carries that photograph's licence (CC-BY-SA and GPL-2+ sources: the "
+            "picture is shared under the same terms). Written by the dataset builder as CREDITS.md:\n\n")
+    body = "\n".join(re.sub(r"/[^ ]*/site-packages/", "site-packages/", line) for line in lines)
+    (ctx.out / "tsne-photos-credits.md").write_text(head + body + "\n")
+
+
+@step("Dataset analysis: linear probes per layer")
+def probe(ctx: DemoContext):
+    _dataset("fashion-mnist")
+    n = steps(ctx, 2000, 400)
+    cli(ctx, f"probe {FASHION} --data fashion-mnist --train-data fashion-mnist --limit {n} "
+             f"-o {{out}}/probe-fashion.png", text="probe-fashion.txt")
+    _drop(ctx, "probe-fashion.npz")
+    shown = [("probe-fashion.png", "Held-out accuracy of a linear probe on each layer's pooled codes (Fashion-MNIST "
+                                   "CNN): where the classes become linearly separable."),
+             ("probe-fashion.txt", "The table `convscope probe` prints.")]
+    try:
+        _dataset("photos")
+    except Skip:
+        return shown
+    cli(ctx, f"probe {MOBILENET} --data photos --limit {steps(ctx, 1700, 340)} -o {{out}}/probe-photos.png",
+        text="probe-photos.txt")
+    _drop(ctx, "probe-photos.npz")
+    return shown + [("probe-photos.png", "The same for MobileNetV2 on the photo crops (classes: the 34 photos)."),
+                    ("probe-photos.txt", "The table `convscope probe` prints.")]
