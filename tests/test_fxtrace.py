@@ -36,11 +36,16 @@ class CallsAnotherModelMidTrace(nn.Module):
         return torch.relu(self.lin(x))
 
 
-def test_another_thread_runs_its_model_normally_during_the_trace():
+def _other_model() -> tuple[nn.Module, torch.Tensor]:
+    """A model another thread runs mid-trace, and what it returns when no trace is running."""
     torch.manual_seed(0)
     other = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
     with torch.no_grad():
-        expected = other(torch.ones(2, 4))
+        return other, other(torch.ones(2, 4))
+
+
+def test_another_thread_runs_its_model_normally_during_the_trace():
+    other, expected = _other_model()
     model = CallsAnotherModelMidTrace(other)
     traced = trace(model)
     assert "error" not in model.seen and torch.equal(model.seen["out"], expected)
@@ -76,10 +81,7 @@ def test_receptive_fields_trace_leaves_other_threads_alone():
     from convscope.models import ModelSpec
     from convscope.receptive import receptive_fields
 
-    torch.manual_seed(0)
-    other = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
-    with torch.no_grad():
-        expected = other(torch.ones(2, 4))
+    other, expected = _other_model()
     model = ConvCallsAnotherModelMidTrace(other)
     fields = receptive_fields(ModelSpec(module=model, name="mid-trace", input_size=(9, 9), channels=3), method="analytic")
     assert "error" not in model.seen and torch.equal(model.seen["out"], expected)
