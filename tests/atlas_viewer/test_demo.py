@@ -52,3 +52,15 @@ def test_the_demo_command_serves_on_loopback_unless_told_not_to(tmp_path, monkey
     assert main([*args, "--port", "8123"]) == 0
     assert served[0][0] == [tmp_path / "atlas" / "a"]
     assert served[0][1]["host"] == "127.0.0.1" and served[0][1]["port"] == 8123
+
+
+def test_a_gallery_refresh_without_the_viewer_builds_no_atlas(tmp_path, monkeypatch):
+    import convscope.atlas.demo
+    from convscope.cli import main
+
+    built: list[str] = []
+    monkeypatch.setattr(convscope.atlas.demo, "build_demo", lambda root, **_: built.append(root) or [])
+    monkeypatch.setattr(demo, "run_demo", lambda out, **_: 0)
+    args = ["demo", "--atlas", str(tmp_path / "atlas"), "-o", str(tmp_path / "gallery"), "--no-serve"]
+    assert main([*args, "--only", "Dataset analysis"]) == 0 and built == []
+    assert main(args) == 0 and built == [str(tmp_path / "atlas")]  # a whole demo still builds them
