@@ -25,6 +25,20 @@ def fashion_available() -> bool:
     return os.path.exists(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"))
 
 
+def image_folder(root: Path, classes: tuple[str, ...], per_class: int, size: int, broken: str) -> Path:
+    """ROOT/CLASS/K.png random RGB images (seeded), and the file `broken` (relative to root) made unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in classes:
+        (root / label).mkdir()
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / label / f"{k}.png")
+    (root / broken).write_bytes(b"\x89PNG broken")
+    return root
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for tests of tiny models: on a busy 2-core machine thread hand-offs cost more than the

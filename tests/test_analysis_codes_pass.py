@@ -7,11 +7,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
+
+from conftest import image_folder
 
 from convscope import analysis, data, hooks
 from convscope.analysis.probe import probe_codes
@@ -106,12 +106,7 @@ def test_codes_resume_from_a_checkpoint(fashion_scans, tmp_path):
 
 
 def test_bad_file_is_skipped_and_bad_options_raise(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    (tmp_path / "b" / "1.png").write_bytes(b"\x89PNG broken")
+    image_folder(tmp_path, ("a", "b"), 3, 10, broken="b/1.png")
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.Linear(180, 2))
     spec = spec_for_module(net, input_size=(10, 10))
     folder = data.ImageFolder(tmp_path)

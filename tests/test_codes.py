@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import image_folder
+
 from convscope.analysis import Codes, codes
 from convscope.analysis.codes import conv_linear_layers, default_layer, sample_indices
 from convscope.data import ArrayDataset, ImageFolder
@@ -85,12 +87,7 @@ def test_default_layer_is_the_input_of_the_last_linear_found_structurally():
 
 
 def test_a_bad_file_is_reported_and_skipped(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("cats", "dogs"):
-        (tmp_path / label).mkdir()
-        for k in range(2):
-            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / label / f"{k}.png")
-    (tmp_path / "dogs" / "broken.png").write_bytes(b"\x89PNG not really")
+    image_folder(tmp_path, ("cats", "dogs"), 2, 12, broken="dogs/broken.png")
     data = ImageFolder(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
