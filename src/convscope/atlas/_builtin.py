@@ -12,7 +12,8 @@ resolved once and pinned in the atlas (`render_precision`), since "auto" measure
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from PIL import Image
@@ -112,10 +113,8 @@ class ClassModels(Stage):
         from ..featvis import class_model
 
         classes = self.classes(ctx)  # the batch is always every chosen class: a class's picture never moves
-        precision = ctx.config.precision
-        if precision == "auto":
-            precision = ctx.pinned("precision:class_model", lambda: class_model(
-                ctx.spec, classes, steps=1, seed=ctx.config.seed).recipe.params["precision"])
+        precision = pinned_precision(ctx, "precision:class_model",
+                                     lambda: class_model(ctx.spec, classes, steps=1, seed=ctx.config.seed))
         vis = class_model(ctx.spec, classes, steps=ctx.config.steps, seed=ctx.config.seed, precision=precision,
                           progress=lambda d, t: ctx.partial(len(todo) * d / t))
         recipe = vis.recipe.to_dict()
@@ -127,19 +126,21 @@ class ClassModels(Stage):
                              _with_thumb(vis.image(item)))
 
 
-def render_precision(ctx: StageContext, layer: str, units: list[int]) -> str:
-    """The precision every render of `layer` runs in: `--precision` when it names one; for "auto", what
-    `featvis.render` measures on one step of a whole chunk the first time, pinned in the atlas from then on."""
+def pinned_precision(ctx: StageContext, key: str, trial: Callable[[], Any]) -> str:
+    """`--precision` when it names one; for "auto", the precision a one-step `trial()` render chose (its recipe's
+    `precision`) the first time, pinned in the atlas under `key` from then on."""
     if ctx.config.precision != "auto":
         return ctx.config.precision
+    return ctx.pinned(key, lambda: trial().recipe.params["precision"])
 
-    def resolve() -> str:
-        from ..featvis import channel, render
 
-        trial = render(ctx.spec, channel(layer, units), steps=1, seed=ctx.config.seed, precision="auto")
-        return trial.recipe.params["precision"]
+def render_precision(ctx: StageContext, layer: str, units: list[int]) -> str:
+    """The precision every render of `layer` runs in: for "auto", what `featvis.render` measures on one step of a
+    whole chunk (`pinned_precision`)."""
+    from ..featvis import channel, render
 
-    return ctx.pinned(f"precision:featvis:{layer}", resolve)
+    return pinned_precision(ctx, f"precision:featvis:{layer}", lambda: render(
+        ctx.spec, channel(layer, units), steps=1, seed=ctx.config.seed, precision="auto"))
 
 
 def render_chunk(spec, layer: str, units: list[int], steps: int, seed: int, precision: str):
