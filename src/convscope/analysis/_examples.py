@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..data import batches
 from ..errors import TargetError
-from ..hooks import capture, frozen
+from ..hooks import frozen
 from ..layers import Unit
 from ..results import Recipe, ResultMixin
 
@@ -112,13 +112,6 @@ def unit_projections(spec: Any, inputs: torch.Tensor, layer: str, channel: int, 
             raise TargetError(f"projection {method!r}: choose from {', '.join(PROJECTIONS)}")
     out = {}
     with frozen(spec.module) as net:
-        # The gradient pass stops at the layer, but `capture(stop=True)` runs the first pass of an input shape
-        # through the whole network, whose rectifiers past the layer would then count as used: a conv1 unit would
-        # get a rule-less "projection" or none depending on whether this process had run the model before (a scan
-        # restored from a finished checkpoint, or run on Ray, had not). One stopped pass here makes every
-        # projection pass stop at the layer, so the answer depends on the network only.
-        with torch.inference_mode(), capture(net, [layer], stop=True) as cap:
-            cap.run(inputs[:1])
         work = dataclasses.replace(spec, module=net)
         for method in methods:
             target = _position_target(layer, channel, rows, cols)
