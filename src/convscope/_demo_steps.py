@@ -33,19 +33,24 @@ def cli(ctx: DemoContext, command: str, *, text: str | None = None) -> str:
     return output
 
 
+def _dataset(name: str):
+    """Dataset `name` (its test split where it has one); skip the step when it is not installed here."""
+    from .data import resolve
+    from .errors import DatasetError
+
+    try:
+        return resolve(name, split="test")
+    except DatasetError as error:
+        raise Skip(str(error)) from None
+
+
 def fashion_image(ctx: DemoContext, index: int = 0) -> str:
     """Save Fashion-MNIST test image `index` as a PNG in the output folder and return its path."""
     from PIL import Image
 
-    from .data import resolve
-    from .errors import DatasetError
-
     path = ctx.out / "inputs" / f"fashion-{index}.png"
     if not path.exists():
-        try:
-            dataset = resolve("fashion-mnist", split="test")
-        except DatasetError as error:
-            raise Skip(str(error)) from None
+        dataset = _dataset("fashion-mnist")
         pixels, _label = dataset[index]
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((pixels[0].numpy() * 255).round().astype("uint8"), "L").save(path)
@@ -155,17 +160,6 @@ def invariances(ctx: DemoContext):
     cli(ctx, f"invariances {FASHION} --layer conv2 --unit 12 --steps {n} -o {{out}}/invariances.png")
     return [("invariances.png", "Fashion-MNIST CNN conv2:12 at its optimum, moved along the flattest and steepest "
                                 "Hessian directions.")]
-
-
-def _dataset(name: str) -> None:
-    """Skip the step when dataset `name` is not installed here."""
-    from .data import resolve
-    from .errors import DatasetError
-
-    try:
-        resolve(name, split="test")
-    except DatasetError as error:
-        raise Skip(str(error)) from None
 
 
 def _drop(ctx: DemoContext, *names: str) -> None:
