@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-
-from ._fxtrace import OwnTracer
 from torch.nn.modules import conv as _conv
 from torch.nn.modules import pooling as _pool
+
+from ._fxtrace import OwnTracer
 
 __all__ = ["Axis", "Unknown", "trace_fields"]
 
