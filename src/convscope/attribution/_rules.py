@@ -116,15 +116,15 @@ class RectifierRules(RectifierMode):
         self.calls["relu" if high is None else "clipped"] += 1
         return True
 
-    def check_used(self, method: str, scripted: bool = False) -> None:
+    def check_used(self, method: str, model: torch.nn.Module) -> None:
         """Refuse a result that would silently be the plain gradient: the backward pass (call this after it) met
-        no rectifier that the rule changes, whatever the forward pass ran after the target. `scripted`: the model is
-        TorchScript, whose ReLUs the mode cannot see."""
+        no rectifier that the rule changes, whatever the forward pass ran after the target. `model` is the network run
+        (a TorchScript model hides its ReLUs from the mode)."""
         if self.ruled:
             return
         if self.calls["clipped (left)"]:
             hint = " The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to them."
-        elif scripted:
+        elif isinstance(model, torch.jit.ScriptModule):
             hint = " TorchScript models hide their ReLUs; load the Python model instead."
         else:
             hint = " The target comes before every ReLU: pick a later layer, or use saliency."

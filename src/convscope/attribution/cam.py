@@ -88,7 +88,7 @@ def _gradcam_pass(spec: ModelSpec, x: torch.Tensor, target, layer: str, relu: bo
     if guided:
         mode.rule, mode.ruled = "guided", 0
         (guided_grads,) = torch.autograd.grad(scores.sum(), x)
-        mode.check_used("guided-gradcam", isinstance(spec.module, torch.jit.ScriptModule))
+        mode.check_used("guided-gradcam", spec.module)
     return cam, guided_grads, scores.detach(), classes
 
 

@@ -37,7 +37,7 @@ def input_gradients(spec: ModelSpec, x: torch.Tensor, target: ResolvedTarget, *,
             scores, classes, _ = forward_target(spec, x, target)
     (grads,) = torch.autograd.grad(scores.sum(), x)
     if rule is not None:
-        mode.check_used(method, isinstance(spec.module, torch.jit.ScriptModule))
+        mode.check_used(method, spec.module)
     return grads, scores.detach(), classes
 
 
