@@ -123,7 +123,8 @@ class RectifierRules(RectifierMode):
         if self.ruled:
             return
         if self.calls["clipped (left)"]:
-            hint = " The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to them."
+            hint = (" The model uses clipped ReLUs (ReLU6/Hardtanh(0, m)); pass rectifiers='all' to apply the rule to "
+                    "them.")
         elif isinstance(model, torch.jit.ScriptModule):
             hint = " TorchScript models hide their ReLUs; load the Python model instead."
         else:
