@@ -222,8 +222,8 @@ def _credit_photos(ctx: DemoContext) -> None:
     lines = credits.read_text().splitlines()[2:] if credits.is_file() else []
     head = ("# Credits for the photo crops in tsne-photos.png\n\n"
             "tsne-photos.png shows crops of the `photos` dataset (src/convscope/data/photos.py); each crop is a "
-            "derived work of its source photograph and carries that photograph's licence (CC-BY-SA and GPL-2+ sources: the "
-            "picture is shared under the same terms). Written by the dataset builder as CREDITS.md:\n\n")
+            "derived work of its source photograph and carries that photograph's licence (CC-BY-SA and GPL-2+ "
+            "sources: the picture is shared under the same terms). Written by the dataset builder as CREDITS.md:\n\n")
     body = "\n".join(re.sub(r"/[^ ]*/site-packages/", "site-packages/", line) for line in lines)
     (ctx.out / "tsne-photos-credits.md").write_text(head + body + "\n")
 
