@@ -68,6 +68,10 @@ class TorchScriptError(ConvscopeError, TypeError):
     """A layer-level operation (hooks, module swaps) asked of a TorchScript model, which allows none."""
 
 
+class CheckpointError(ConvscopeError):
+    """A checkpoint file that cannot be resumed from: unreadable, of another format, or of another run."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The up-to-`n` candidates most similar to `name` (difflib ratio), best first."""
     candidates = list(candidates)

@@ -86,3 +86,72 @@ def test_killed_and_interrupted_builds_resume_to_the_clean_atlas(tiny_atlas, tin
         assert got[table] == expected[table], f"table {table} differs after resuming"
     for path in images:
         assert (folder / path).read_bytes() == (tiny_atlas / path).read_bytes(), path
+
+
+def test_a_build_stopped_in_the_dataset_pass_resumes_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the dataset scan keeps the shards already merged: the next build scans only the rest,
+    stores what an uninterrupted build stores, and removes the checkpoint."""
+    from dataclasses import replace
+
+    from convscope.analysis import _engine
+    from convscope.atlas import _analysis
+
+    monkeypatch.setattr(_analysis, "SHARD", 64)  # the scan's 96 items in two shards (batches of 64)
+    shards: list[int] = []
+    run = _engine.ShardRunner.run
+
+    def counted(self, shard, *args, **kwargs):
+        shards.append(shard)
+        return run(self, shard, *args, **kwargs)
+
+    monkeypatch.setattr(_engine.ShardRunner, "run", counted)
+    config = replace(tiny_config, stages=("scan",))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clean = tmp_path / "clean"
+        build(config, clean, device="cpu")
+        assert shards == [0, 1] and not (clean / _analysis.CHECKPOINT).exists()
+
+        def stop_in_the_last_shard(done: float, total: int, what: str) -> None:
+            # the scan's share is 0.5 of a unit; 0.5 = every batch read, before the last shard is merged
+            if what == "dataset scan" and done >= 0.5 and done < 1:
+                raise KeyboardInterrupt
+
+        folder = tmp_path / "stopped"
+        shards.clear()
+        try:
+            build(config, folder, device="cpu", progress=stop_in_the_last_shard)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the build was not interrupted")
+        saved = torch.load(folder / _analysis.CHECKPOINT, map_location="cpu", weights_only=True)
+        assert saved["done"] == 1 and shards == [0, 1]
+        shards.clear()
+        build(config, folder, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert shards == [1], shards  # the first shard came from the checkpoint
+    assert not (folder / _analysis.CHECKPOINT).exists()
+    with Atlas(clean, readonly=True) as a, Atlas(folder, readonly=True) as b:
+        expected, got = a.content(), b.content()
+    for table in expected:
+        assert got[table] == expected[table], f"table {table} differs after resuming the scan"
+
+
+def test_a_stale_scan_checkpoint_is_replaced(tiny_config, tmp_path):
+    """A checkpoint the scan cannot use (here: not a checkpoint at all) does not stop the build: the pass runs from
+    the start, the report says so, and the file is gone at the end."""
+    from dataclasses import replace
+
+    from convscope.atlas import _analysis
+
+    config = replace(tiny_config, stages=("scan",), units=2)
+    folder = tmp_path / "stale"
+    folder.mkdir()
+    (folder / _analysis.CHECKPOINT).write_bytes(b"not a checkpoint")
+    report = build(config, folder, device="cpu")
+    assert report.stored["scan"] == 4  # two units in each of the two layers
+    assert any(_analysis.CHECKPOINT in note for note in report.notes), report.notes
+    assert not (folder / _analysis.CHECKPOINT).exists()

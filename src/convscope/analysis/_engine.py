@@ -19,7 +19,7 @@ from torch import nn
 
 from ..accel import fusions, network_precision, probe
 from ..data import Dataset, batches
-from ..errors import ConvscopeError, OptionError, UnitOutOfRangeError
+from ..errors import CheckpointError, ConvscopeError, OptionError, UnitOutOfRangeError
 from ..hooks import capture, frozen, get_module, split_call
 from ..layers import parse_unit
 from ._collect import Collector, LayerBatch, LayerPlan, Plan
@@ -243,12 +243,12 @@ class Accumulator:
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated or foreign file
-            raise ConvscopeError(f"checkpoint {str(self.path)!r} cannot be read ({type(error).__name__}); delete it "
+            raise CheckpointError(f"checkpoint {str(self.path)!r} cannot be read ({type(error).__name__}); delete it "
                                  "to start over") from None
         if not isinstance(saved, dict) or saved.get("format") != self.FORMAT:
-            raise ConvscopeError(f"checkpoint {str(self.path)!r} is not a convscope scan checkpoint")
+            raise CheckpointError(f"checkpoint {str(self.path)!r} is not a convscope scan checkpoint")
         if saved["fingerprint"] != self.fingerprint:
-            raise ConvscopeError(f"checkpoint {str(self.path)!r} belongs to a different scan (model, data, layers "
+            raise CheckpointError(f"checkpoint {str(self.path)!r} belongs to a different scan (model, data, layers "
                                  "or options differ); delete it or choose another --checkpoint path")
         self.states, self.skipped, self.done = saved["states"], saved["skipped"], int(saved["done"])
 

@@ -8,19 +8,24 @@ of the model) over its spatial max on the best dataset image. Above 1, the pictu
 image of the dataset does anywhere. The max, not the mean: a conv layer read before its rectifier has a negative
 spatial mean on nearly every real image (no ratio at all on fashion-cnn), while its max is positive wherever the
 unit fires; and the max is what the top-9 patches show. No ratio is stored when the best dataset value is <= 0 or
-too close to zero next to the picture's (`trust_ratio`). A resumed build runs the pass again (it is cheap next to
-the renders) rather than resuming it from `scan`'s checkpoint. Per-unit results are stored as they come, so a
-killed build loses at most the pass and the unit in hand.
+too close to zero next to the picture's (`trust_ratio`).
+
+The pass checkpoints its merged state after every shard of `SHARD` items into `CHECKPOINT` in the atlas folder
+(`scan`'s own checkpoint: the same result as an uninterrupted pass), so a killed build loses at most the shard in
+hand, and a build stopped while it stores the per-unit results does not run the pass again. The file is removed once
+every unit's results are stored; one that no longer matches the scan (written by another version) is replaced.
+Per-unit results are stored as they come.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-from ..errors import ConvscopeError
+from ..errors import CheckpointError, ConvscopeError
 from ..render.core import to_pil
 from ..results import Recipe
 from .stages import Key, Stage, StageContext, register_stage
@@ -29,6 +34,8 @@ from .store import Output
 __all__ = ["DatasetScan", "picture_max", "trust_ratio"]
 
 BY = "max"
+CHECKPOINT = "scan.checkpoint"  # in the atlas folder while the stage runs
+SHARD = 1024  # items per checkpointed shard of the pass (`scan`'s default)
 RATIO_MAX = 1000.0  # a best dataset value below 1/1000 of the picture's makes a ratio that only measures noise
 PROJECTION = ("guided", "deconvnet")  # the first one the unit's layer supports is stored
 
@@ -108,8 +115,18 @@ class DatasetScan(Stage):
         def tick(done: int, items: int) -> None:
             ctx.partial(0.5 * done / max(1, items))  # the pass counts as half a unit on the progress bar
 
-        return scan(ctx.spec, ctx.config.data, list(units), k=ctx.config.k, by=BY, units=units,
-                    limit=ctx.config.scan_limit, engine=ctx.config.engine, address=ctx.config.address, progress=tick)
+        def run(checkpoint: Path):
+            return scan(ctx.spec, ctx.config.data, list(units), k=ctx.config.k, by=BY, units=units,
+                        limit=ctx.config.scan_limit, engine=ctx.config.engine, address=ctx.config.address,
+                        shard_size=SHARD, checkpoint=checkpoint, progress=tick)
+
+        checkpoint = ctx.atlas.folder / CHECKPOINT
+        try:
+            return run(checkpoint)
+        except CheckpointError as error:  # left by another version of the scan: its shards cannot be reused
+            ctx.notes.append(f"{CHECKPOINT} was not reused ({error}); the pass ran from the start")
+            checkpoint.unlink(missing_ok=True)
+            return run(checkpoint)
 
     def run(self, ctx: StageContext, todo: list[Key]) -> Iterator[list[Output]]:
         result = self._scan(ctx)
@@ -130,6 +147,7 @@ class DatasetScan(Stage):
             if unit == max(ctx.atlas.units(layer)):  # the layer's row commits with its last unit
                 outputs.append(self._layer(layer_stats, layer, recipe))
             yield outputs
+        (ctx.atlas.folder / CHECKPOINT).unlink(missing_ok=True)  # every result is stored: the pass is not needed
 
     def _topk(self, topk, layer: str, unit: int, recipe: dict) -> Output:
         examples = topk.examples(layer, unit)

@@ -26,6 +26,7 @@ from ..results import Recipe, versions
 from . import _builtin  # noqa: F401, I001  (registers the built-in stages: these first)
 from . import _analysis  # noqa: F401, E402, I001  (then the dataset scan, which reads the visualizations' values)
 from . import _embedding  # noqa: F401, E402, I001  (then predictions, the t-SNE grid and the probes)
+from ._analysis import CHECKPOINT as SCAN_CHECKPOINT
 from ._schema import FILES
 from .stages import STAGES, Stage, StageContext
 from .store import TEMP_MARK, Atlas, AtlasError, now
@@ -127,9 +128,11 @@ class BuildReport:
 
 
 def _clean_temp(folder: Path) -> list[str]:
-    """Remove temporary image files left by a build that was killed while writing; return their paths."""
+    """Remove temporary files left by a build that was killed while writing (images, the scan's checkpoint);
+    return their paths."""
     files = folder / FILES
     found = sorted(p for p in files.rglob(f"*{TEMP_MARK}*") if p.is_file()) if files.is_dir() else []
+    found += sorted(p for p in folder.glob(f".{SCAN_CHECKPOINT}.*.tmp") if p.is_file())
     for path in found:
         path.unlink()
     return [p.relative_to(folder).as_posix() for p in found]
