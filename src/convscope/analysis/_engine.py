@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..accel import fusions, network_precision, probe
+from ..accel import exact_pools, fusions, network_precision, probe
 from ..data import Dataset, batches
 from ..errors import CheckpointError, ConvscopeError, OptionError, UnitOutOfRangeError
 from ..hooks import capture, frozen, get_module, split_call
@@ -186,7 +186,9 @@ class ShardRunner:
         bf16 = self.plan.precision == "bf16"
         if bf16 and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with network_precision(self.plan.precision, inputs.device):
+        # float32: the model as written (its bits are the result), only its max-pools in the faster layout (exact)
+        pools = contextlib.nullcontext() if bf16 else exact_pools()
+        with network_precision(self.plan.precision, inputs.device), pools:
             self._capture.run(inputs)
 
     def run(self, shard: int, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data import Dataset, batches, resolve
 from ..errors import DatasetError, LayerNotFoundError, OptionError
+from ..accel import exact_pools
 from ..hooks import INPUT_SUFFIX, capture, frozen, get_module, split_call
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
@@ -196,7 +197,8 @@ def codes(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     seen, labels = [], []
     skipped_before = len(dataset.skipped)
-    with frozen(spec.module) as module, torch.inference_mode(), capture(module, hooked, stop=True) as cap:
+    with frozen(spec.module) as module, torch.inference_mode(), capture(module, hooked, stop=True) as cap, \
+            exact_pools():
         for batch in batches(dataset, spec, batch_size, order=order):
             if hooked:
                 cap.run(batch.inputs)
