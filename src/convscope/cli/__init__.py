@@ -82,6 +82,9 @@ def _run(argv: Sequence[str] | None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
+    from ..accel.memory import keep_freed_memory
+
+    keep_freed_memory()  # this process is ours: keep freed memory for the next batch (see `accel.memory`)
     try:
         return int(args.handler(args) or 0)
     except ConvscopeError as error:
