@@ -223,6 +223,16 @@ def _line(r: dict) -> str:
     return text
 
 
+
+def _malloc(keep: bool) -> str:
+    """Apply --keep-freed-memory; say which allocator settings the run had (saved with the results)."""
+    if not keep:
+        return "C library defaults"
+    from convscope.accel import keep_freed_memory
+
+    return "kept freed memory (accel.keep_freed_memory)" if keep_freed_memory() else "C library defaults (not glibc)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from convscope.models import load
 
@@ -235,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true", help="write bench/results/analysis.json")
     parser.add_argument("--only", choices=["fashion", "mobilenet", "memory"], action="append",
                         help="run only these parts (repeatable; default all)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="call convscope.accel.keep_freed_memory() first, as the convscope command does (every "
+                             "tool in this process then reuses freed memory instead of faulting it in again)")
     args = parser.parse_args(argv)
+    malloc = _malloc(args.keep_freed_memory)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.reps, args.photos = 1, 64
     parts = set(args.only or ["fashion", "mobilenet", "memory"])
     print(f"CPU: {cpu_model()} ({', '.join(cpu_flags()) or 'no bf16 features'}); torch {torch.__version__}, "
-          f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}; malloc: {malloc}", flush=True)
     rows = []
     data_note = {}
     if "fashion" in parts:
@@ -275,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             mem[precision] = got
             print(precision, json.dumps(got), flush=True)
     payload = {"cpu": cpu_model(), "cpu_bf16_features": cpu_flags(), "torch": torch.__version__,
-               "threads": args.threads, "quick": args.quick, "data": data_note, "throughput": rows, "memory": mem}
+               "malloc": malloc, "threads": args.threads, "quick": args.quick, "data": data_note, "throughput": rows, "memory": mem}
     lines = [_line(r) for r in rows]
     for precision, got in mem.items():
         lines.append(f"memory {precision} 60k/10k peak {got['peak_ratio_60k_10k']} "

@@ -104,6 +104,16 @@ def plain_activations(model: torch.nn.Module, images: torch.Tensor, channels: li
     return acts[torch.arange(len(channels)), torch.tensor(channels)].mean((1, 2))
 
 
+
+def _malloc(keep: bool) -> str:
+    """Apply --keep-freed-memory; say which allocator settings the run had (saved with the results)."""
+    if not keep:
+        return "C library defaults"
+    from convscope.accel import keep_freed_memory
+
+    return "kept freed memory (accel.keep_freed_memory)" if keep_freed_memory() else "C library defaults (not glibc)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.featvis", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 steps, batches 1 and 4 (smoke test)")
@@ -115,14 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                              "machine, where idle OpenMP threads spin and blur both clocks)")
     parser.add_argument("--save", action="store_true", help="also write bench/results/featvis.json")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="call convscope.accel.keep_freed_memory() first, as the convscope command does (every "
+                             "tool in this process then reuses freed memory instead of faulting it in again)")
     args = parser.parse_args(argv)
+    malloc = _malloc(args.keep_freed_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or (16 if args.quick else 256)
     sizes = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 4] if args.quick else [1, 8, 16])
     cpu = cpu_info()
     if not args.json:
-        print(describe(cpu), f"| torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
+        print(describe(cpu), f"| torch {torch.__version__}, {torch.get_num_threads()} thread(s) | malloc: {malloc}",
+              flush=True)
     model = googlenet()
     # warm up every tool (first-call allocations, oneDNN primitives, the bf16 check of precision="auto")
     run_lucent(model, [0], 2)
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     judged = steps >= 256
     verdict = all(r["bf16_speedup_cpu"] >= TARGETS[r["batch"] == 1] for r in rows) if judged else None
     payload = {"benchmark": "featvis", "layer": LAYER, "size": SIZE, "torch": torch.__version__, "cpu": cpu,
+               "malloc": malloc,
                "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows,
                "targets": f"bf16: x{TARGETS[True]:g} for one channel, x{TARGETS[False]:g} per channel in a batch "
                           "(CPU time, 256 steps)", "targets_met": verdict}
