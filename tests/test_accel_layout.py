@@ -1,6 +1,6 @@
-"""`accel.layout.ChannelsLastPools`: max-pools of NCHW CPU maps run channels-last and return what the NCHW kernel
-returns, bit for bit (values, indices, layout), ties, NaN, infinities and signed zeros included; a float32 scan run
-with it equals one run without it; anything else passes through untouched."""
+"""`accel.exact_pools`: max-pool modules of a working copy meet NCHW CPU maps in channels-last and return what the
+NCHW kernel returns, bit for bit (values, layout), ties, NaN, infinities and signed zeros included; a float32 scan
+run with it equals one run inside `accel.plain()`; other modules, layouts and models are left as they are."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from convscope.accel.layout import ChannelsLastPools
+from convscope import accel, hooks
+from convscope.accel import exact_pools
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.int32) if t.dtype == torch.float32 else t.contiguous()
+    return t.contiguous().view(torch.int32)
 
 
 def _awkward(shape, seed: int) -> torch.Tensor:
-    """Random values rounded to a coarse grid (many ties within a window), with NaN, +-inf and +-0 sprinkled in."""
+    """Random values on a coarse grid (many ties within a window), with NaN, +-inf and -0 sprinkled in."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-3, 4, shape, generator=g).float() / 2
     flat = x.view(-1)
@@ -31,70 +31,75 @@ def _awkward(shape, seed: int) -> torch.Tensor:
     return x
 
 
+class _Seen(nn.Module):
+    """Records whether the maps it sees are channels-last, and passes them on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layouts: list[bool] = []
+
+    def forward(self, x):
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x
+
+
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, ceil_mode=True),
                                     dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=(2, 3), dilation=2)])
-def test_pools_equal_the_nchw_kernel_bit_for_bit(kwargs):
-    x = _awkward((3, 16, 13, 11), seed=len(str(kwargs)))
-    expected, expected_at = F.max_pool2d(x, return_indices=True, **kwargs)
-    calls = [lambda: F.max_pool2d(x, **kwargs), lambda: torch.max_pool2d(x, **kwargs),
-             lambda: nn.MaxPool2d(**kwargs)(x)]
-    with ChannelsLastPools():
-        got = [call() for call in calls]
-        got_values, got_at = F.max_pool2d(x, return_indices=True, **kwargs)
-        keyword = F.max_pool2d(input=x, **kwargs)
-    for out in [*got, got_values, keyword]:
-        assert out.is_contiguous() and out.shape == expected.shape
-        assert torch.equal(_bits(out), _bits(expected))
-    assert got_at.is_contiguous() and torch.equal(got_at, expected_at)
+def test_pool_modules_return_the_nchw_kernels_bits(kwargs):
+    net = nn.Sequential(nn.MaxPool2d(**kwargs), nn.MaxPool2d(**kwargs), _Seen())
+    x = _awkward((3, 16, 25, 23), seed=len(str(kwargs)))
+    expected = net(x)
+    with hooks.frozen(net) as work, exact_pools(work) as pools:
+        got = work(x)
+    assert pools == 2
+    assert got.is_contiguous() and got.shape == expected.shape
+    assert torch.equal(_bits(got), _bits(expected))
+    assert net[2].layouts[0] is False  # the module after the pools sees NCHW, as without the switch
 
 
-def test_the_mode_changes_the_layout_it_runs_in():
-    """It is not a no-op: the pool sees a channels-last input (else it would buy nothing)."""
+def test_the_pool_runs_channels_last_and_a_capture_of_it_sees_nchw():
     seen = []
-
-    class Spy(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if func is torch.max_pool2d:
-                seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
-            return func(*args, **(kwargs or {}))
-
-    x = torch.randn(2, 8, 6, 6)
-    with Spy(), ChannelsLastPools():  # the last mode entered sees a call first
-        torch.max_pool2d(x, 2)
-    with Spy():
-        torch.max_pool2d(x, 2)
-    assert seen == [True, False]
-
-
-def test_other_calls_and_other_inputs_pass_through():
-    x = torch.randn(2, 4, 6, 6)
-    one_channel = torch.randn(2, 1, 6, 6)  # NCHW and channels-last are the same layout: nothing to do
-    three_d = torch.randn(4, 6, 6)
-    with ChannelsLastPools():
-        assert torch.equal(F.relu(x), x.clamp_min(0))
-        assert torch.equal(F.avg_pool2d(x, 2), F.avg_pool2d(x.clone(), 2))
-        assert torch.equal(F.max_pool2d(one_channel, 2), torch.max_pool2d(one_channel.clone(), 2))
-        assert torch.equal(F.max_pool2d(three_d, 2), torch.max_pool2d(three_d.clone(), 2))
-        out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
-    assert out.is_contiguous(memory_format=torch.channels_last)  # a channels-last input keeps its own kernel
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2), nn.ReLU())
+    net[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))  # the user's own hook
+    x = torch.randn(2, 3, 12, 12)
+    kernel = []
+    with hooks.frozen(net) as work, exact_pools(work), hooks.capture(work, ["1"]) as cap:
+        handle = work[1].register_forward_pre_hook(
+            lambda m, args: kernel.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        work(x)
+        handle.remove()
+        captured = cap["1"]
+    assert kernel == [True]  # what the pool itself gets
+    assert captured.is_contiguous()
+    assert seen == [True]  # the user's hook ran first and saw the map as it came
+    with hooks.frozen(net) as work:  # the switch leaves nothing behind
+        work(x)
+    assert seen == [True, True]
 
 
-def test_gradients_flow_through_the_copy():
-    x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    with ChannelsLastPools():
-        F.max_pool2d(x, 2).sum().backward()
-    grad = x.grad
-    x.grad = None
-    F.max_pool2d(x, 2).sum().backward()
-    assert torch.equal(grad, x.grad)
+def test_where_it_does_nothing():
+    net = nn.Sequential(nn.MaxPool2d(2, return_indices=True))
+    x = torch.randn(2, 4, 8, 8)
+    with hooks.frozen(net) as work, exact_pools(work) as pools:
+        assert pools == 0  # indices asked for: left as written
+    plain_net = nn.Sequential(nn.MaxPool2d(2))
+    with accel.plain(), hooks.frozen(plain_net) as work, exact_pools(work) as pools:
+        assert pools == 0
+    with hooks.frozen(plain_net) as work, exact_pools(work):
+        out = work(x.contiguous(memory_format=torch.channels_last))
+        one = work(torch.randn(2, 1, 8, 8))  # one channel: NCHW and channels-last are the same layout
+    assert out.is_contiguous(memory_format=torch.channels_last)  # a channels-last map keeps its own kernel
+    assert one.is_contiguous()
+    scripted = torch.jit.script(nn.Sequential(nn.MaxPool2d(2)))
+    with exact_pools(scripted) as pools:
+        assert pools == 0  # TorchScript runs itself: no hooks on the user's model
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_a_float32_scan_equals_one_of_the_model_as_written():
-    """fashion-cnn pools after conv1: a scan of conv2 (behind the pool) and of the pool itself gives the same top-k
-    values and positions, statistics and histograms with the layout switch as inside `accel.plain()`."""
-    from convscope import accel
+    """fashion-cnn pools after conv1: a scan of the pool itself and of conv2 (behind it) gives the same top-k values
+    and positions, statistics and histograms with the switch as inside `accel.plain()`."""
     from convscope.analysis import scan
 
     layers = ["pool1", "conv2"]

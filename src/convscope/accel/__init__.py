@@ -8,7 +8,8 @@ visualization, attribution and dataset analysis. Everything here acts on the fro
 - `prune`: the branches of a concatenating layer (Inception) that an objective does not read, skipped.
 - `kernels`: the image-facing strided convolution's input gradient, phase by phase (renders only).
 - `probe`: the one probe pass all of them share; `accelerated(...)`: probe, fold and prune for a render.
-- `layout`: max-pools of NCHW maps run channels-last (`exact_pools()`: the same bits, up to 10x faster on the CPU).
+- `layout`: max-pool modules meet NCHW maps in channels-last (`exact_pools(net)`: the same bits, up to 10x faster
+  on the CPU).
 - `memory`: `keep_freed_memory()`, glibc's malloc told to keep freed memory (the `convscope` command calls it).
 - `plain()`: the switch; inside it models run as written (no folding, no pruning, float32 for "auto").
 """
@@ -16,7 +17,7 @@ visualization, attribution and dataset analysis. Everything here acts on the fro
 from .engine import Applied, accelerated
 from .fold import folded, fusions
 from .kernels import ImageConv, image_convs
-from .layout import ChannelsLastPools, exact_pools
+from .layout import exact_pools
 from .memory import keep_freed_memory
 from .precision import (
     PRECISIONS,
@@ -35,5 +36,5 @@ from .switch import enabled, plain
 __all__ = ["PRECISIONS", "Precision", "Resolved", "bf16_speedup", "network_precision", "resolve_precision",
            "check_precision", "choose_precision",
            "folded", "fusions", "pruned", "Probe", "probe", "plain", "enabled", "Applied", "accelerated",
-           "ImageConv", "image_convs", "ChannelsLastPools", "exact_pools",
+           "ImageConv", "image_convs", "exact_pools",
            "keep_freed_memory"]

@@ -6,28 +6,29 @@ it is vectorized across channels. Measured on one core (AMD EPYC, torch 2.14, fl
 stride-1 pool of (8, 256, 16, 16) 12.7 ms and 0.9 ms. A plain float32 forward of fashion-cnn spends about half its
 time in that one pool.
 
-A maximum is exact in any memory layout, so `ChannelsLastPools` changes no bit: inside it, every `F.max_pool2d` /
-`torch.max_pool2d` call on a 4-D NCHW CPU tensor runs on a channels-last copy and its output (and indices, which
-number positions within a channel plane in both layouts) comes back as a contiguous NCHW tensor, as the NCHW kernel
-returns it (ties, NaN and signed zeros included; `tests/test_accel_layout.py`). `exact_pools()` enters it unless
-`accel.plain()` is on; the float32 dataset passes use it (`analysis.scan`, the exact re-scores of bf16 scans, and
-`analysis.codes`), whose results must equal the model's own bit for bit.
+A maximum is exact in any memory layout, so `exact_pools(net)` changes no bit: for the block, every `nn.MaxPool2d`
+of `net` (a working copy from `hooks.frozen`, never the user's model) that meets a 4-D NCHW CPU map gets it as a
+channels-last copy (a forward pre-hook) and hands its output back as a contiguous NCHW tensor (a forward hook), as
+the NCHW kernel returns it: values, layout, ties, NaN and signed zeros (`tests/test_accel_layout.py`). Its hooks are
+registered before any capture's, so a capture of the pool itself sees the NCHW output. Pools called as functions
+(`F.max_pool2d` in a `forward`) run as written. Nothing happens inside `accel.plain()`. The float32 dataset passes
+use it (`analysis.scan`, the exact re-scores of bf16 scans, and `analysis.codes`), whose results must equal the
+model's own bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
+from .._working import copyable
 from .switch import enabled
 
-__all__ = ["ChannelsLastPools", "exact_pools"]
-
-_POOLS = (F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d)
+__all__ = ["exact_pools"]
 
 
 def _nchw(x: Any) -> bool:
@@ -36,25 +37,38 @@ def _nchw(x: Any) -> bool:
             and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
 
 
-class ChannelsLastPools(TorchFunctionMode):
-    """Under this mode, max-pools of NCHW CPU maps run in channels-last and hand back NCHW outputs (see above)."""
+class _Pools:
+    """The hooks of one `exact_pools` block: a map converted on the way in is converted back on the way out."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func not in _POOLS:
-            return func(*args, **kwargs)
+    def __init__(self) -> None:
+        self.converted: set[int] = set()
+
+    def before(self, module: nn.Module, args: tuple) -> tuple | None:
         if args and _nchw(args[0]):
-            args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-        elif not args and _nchw(kwargs.get("input")):
-            kwargs = {**kwargs, "input": kwargs["input"].contiguous(memory_format=torch.channels_last)}
-        else:
-            return func(*args, **kwargs)
-        out = func(*args, **kwargs)
-        if isinstance(out, tuple):
-            return tuple(t.contiguous() for t in out)
-        return out.contiguous()
+            self.converted.add(id(module))
+            return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+        return None
+
+    def after(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if id(module) in self.converted:
+            self.converted.discard(id(module))
+            return output.contiguous()
+        return None
 
 
-def exact_pools() -> contextlib.AbstractContextManager:
-    """`ChannelsLastPools()` for the block, or nothing inside `accel.plain()` (models run as written there)."""
-    return ChannelsLastPools() if enabled() else contextlib.nullcontext()
+@contextlib.contextmanager
+def exact_pools(net: nn.Module) -> Iterator[int]:
+    """For the block, `net`'s `nn.MaxPool2d` modules run NCHW CPU maps in channels-last and return NCHW (see the
+    module's text); yields how many pools were set up (0 inside `accel.plain()`). Enter it before any capture."""
+    handles = []
+    if enabled() and copyable(net):  # a TorchScript model runs itself (no working copy): left alone
+        pools = _Pools()
+        for module in net.modules():
+            if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+                handles.append(module.register_forward_pre_hook(pools.before))
+                handles.append(module.register_forward_hook(pools.after))
+    try:
+        yield len(handles) // 2
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -160,6 +160,8 @@ class ShardRunner:
         net = stack.enter_context(frozen(self.spec.module))
         if self.plan.precision == "bf16":
             net = _bf16_network(net, self.spec.example_input(), self._names)
+        else:  # the model as written (its bits are the result), only its max-pools in the faster layout (exact)
+            stack.enter_context(exact_pools(net))
         stack.enter_context(torch.inference_mode())
         self._capture = stack.enter_context(capture(net, self._names, stop=True, consume=self._consume))
         self._device = self.spec.device
@@ -186,9 +188,7 @@ class ShardRunner:
         bf16 = self.plan.precision == "bf16"
         if bf16 and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        # float32: the model as written (its bits are the result), only its max-pools in the faster layout (exact)
-        pools = contextlib.nullcontext() if bf16 else exact_pools()
-        with network_precision(self.plan.precision, inputs.device), pools:
+        with network_precision(self.plan.precision, inputs.device):
             self._capture.run(inputs)
 
     def run(self, shard: int, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:

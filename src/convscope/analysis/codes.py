@@ -197,8 +197,8 @@ def codes(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     seen, labels = [], []
     skipped_before = len(dataset.skipped)
-    with frozen(spec.module) as module, torch.inference_mode(), capture(module, hooked, stop=True) as cap, \
-            exact_pools():
+    with frozen(spec.module) as module, exact_pools(module), torch.inference_mode(), \
+            capture(module, hooked, stop=True) as cap:
         for batch in batches(dataset, spec, batch_size, order=order):
             if hooked:
                 cap.run(batch.inputs)
