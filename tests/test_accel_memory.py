@@ -59,3 +59,10 @@ def test_the_command_keeps_freed_memory(monkeypatch):
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["models", "--json"]) == 0
     assert calls == [1]
+
+
+def test_elsewhere_it_does_nothing(monkeypatch):
+    from convscope.accel import memory
+
+    monkeypatch.setattr(memory.sys, "platform", "win32")
+    assert memory.keep_freed_memory() is False

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 __all__ = ["keep_freed_memory", "TRIM_THRESHOLD"]
 
@@ -37,9 +38,11 @@ def keep_freed_memory() -> bool:
     False where they do not apply (another C library, the user's own settings, `CONVSCOPE_KEEP_MEMORY=0`)."""
     if os.environ.get("CONVSCOPE_KEEP_MEMORY", "1") == "0" or any(name in os.environ for name in _USER_SETTINGS):
         return False
+    if not sys.platform.startswith("linux"):  # glibc is Linux's; elsewhere CDLL(None) may not even load
+        return False
     try:
         libc = ctypes.CDLL(None)
-    except OSError:
+    except (OSError, TypeError):
         return False
     # glibc's own symbol: musl and others have a mallopt of another meaning, or none
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
