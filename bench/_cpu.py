@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on: CPU model and its bfloat16 features, printed and saved with every result."""
+"""The machine a benchmark ran on: CPU model and its bfloat16 features, and the allocator setting of the run,
+printed and saved with every result."""
 
 from __future__ import annotations
 
@@ -30,3 +31,19 @@ def cpu_info() -> dict:
 def describe(info: dict) -> str:
     features = ", ".join(info["bf16_features"]) or "none"
     return f"CPU: {info['model']} ({info['cores']} logical cores); bf16/vector features: {features}"
+
+
+def add_malloc_option(parser) -> None:
+    """`--keep-freed-memory`, for every benchmark that compares tools in one process."""
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="call convscope.accel.keep_freed_memory() first, as the convscope command does (every "
+                             "tool in this process then reuses freed memory instead of faulting it in again)")
+
+
+def malloc_setting(keep: bool) -> str:
+    """Apply --keep-freed-memory; say which allocator settings the run had (saved with the results)."""
+    if not keep:
+        return "C library defaults"
+    from convscope.accel import keep_freed_memory
+
+    return "kept freed memory (accel.keep_freed_memory)" if keep_freed_memory() else "C library defaults (not glibc)"

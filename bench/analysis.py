@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,31 +37,11 @@ import time
 import numpy as np
 import torch
 
+from ._cpu import add_malloc_option, cpu_info, describe, malloc_setting
 from ._report import RESULTS, report
 
 FASHION_LAYERS = (["conv1", "conv2"], "all")
 MOBILE_LAYERS = ["features.4", "features.7", "features.10", "features.14"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's bfloat16-related features (what the bf16 figures depend on)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx"))
-    except OSError:
-        pass
-    return []
 
 
 def photo_crops(count: int, size: int = 224, seed: int = 0):
@@ -223,16 +202,6 @@ def _line(r: dict) -> str:
     return text
 
 
-
-def _malloc(keep: bool) -> str:
-    """Apply --keep-freed-memory; say which allocator settings the run had (saved with the results)."""
-    if not keep:
-        return "C library defaults"
-    from convscope.accel import keep_freed_memory
-
-    return "kept freed memory (accel.keep_freed_memory)" if keep_freed_memory() else "C library defaults (not glibc)"
-
-
 def main(argv: list[str] | None = None) -> int:
     from convscope.models import load
 
@@ -245,16 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true", help="write bench/results/analysis.json")
     parser.add_argument("--only", choices=["fashion", "mobilenet", "memory"], action="append",
                         help="run only these parts (repeatable; default all)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="call convscope.accel.keep_freed_memory() first, as the convscope command does (every "
-                             "tool in this process then reuses freed memory instead of faulting it in again)")
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
-    malloc = _malloc(args.keep_freed_memory)
+    malloc = malloc_setting(args.keep_freed_memory)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.reps, args.photos = 1, 64
     parts = set(args.only or ["fashion", "mobilenet", "memory"])
-    print(f"CPU: {cpu_model()} ({', '.join(cpu_flags()) or 'no bf16 features'}); torch {torch.__version__}, "
+    cpu = cpu_info()
+    print(f"{describe(cpu)}; torch {torch.__version__}, "
           f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}; malloc: {malloc}", flush=True)
     rows = []
     data_note = {}
@@ -288,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             got["load_average"] = round(os.getloadavg()[0], 2)
             mem[precision] = got
             print(precision, json.dumps(got), flush=True)
-    payload = {"cpu": cpu_model(), "cpu_bf16_features": cpu_flags(), "torch": torch.__version__,
+    payload = {"cpu": cpu["model"], "cpu_bf16_features": cpu["bf16_features"], "torch": torch.__version__,
                "malloc": malloc, "threads": args.threads, "quick": args.quick, "data": data_note, "throughput": rows, "memory": mem}
     lines = [_line(r) for r in rows]
     for precision, got in mem.items():
@@ -300,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in saved.get("throughput", []) if (r["model"], str(r["layers"])) not in ran] + rows
         payload = {**saved, **payload, "throughput": rows, "memory": mem or saved.get("memory", {}),
                    "data": {**saved.get("data", {}), **data_note}, "partial_updates": saved.get("partial_updates", [])
-                   + [{"parts": sorted(parts), "cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2)}]}
+                   + [{"parts": sorted(parts), "cpu": cpu["model"], "load_average": round(os.getloadavg()[0], 2)}]}
     with contextlib.suppress(BrokenPipeError):
         report("analysis", payload, save=args.save, as_json=args.json, summary="\n".join(lines))
     return 0

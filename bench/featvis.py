@@ -35,7 +35,7 @@ import warnings
 
 import torch
 
-from ._cpu import cpu_info, describe
+from ._cpu import add_malloc_option, cpu_info, describe, malloc_setting
 from ._report import report
 
 LAYER = "inception4a"
@@ -104,16 +104,6 @@ def plain_activations(model: torch.nn.Module, images: torch.Tensor, channels: li
     return acts[torch.arange(len(channels)), torch.tensor(channels)].mean((1, 2))
 
 
-
-def _malloc(keep: bool) -> str:
-    """Apply --keep-freed-memory; say which allocator settings the run had (saved with the results)."""
-    if not keep:
-        return "C library defaults"
-    from convscope.accel import keep_freed_memory
-
-    return "kept freed memory (accel.keep_freed_memory)" if keep_freed_memory() else "C library defaults (not glibc)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.featvis", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 steps, batches 1 and 4 (smoke test)")
@@ -125,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                              "machine, where idle OpenMP threads spin and blur both clocks)")
     parser.add_argument("--save", action="store_true", help="also write bench/results/featvis.json")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="call convscope.accel.keep_freed_memory() first, as the convscope command does (every "
-                             "tool in this process then reuses freed memory instead of faulting it in again)")
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
-    malloc = _malloc(args.keep_freed_memory)
+    malloc = malloc_setting(args.keep_freed_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or (16 if args.quick else 256)
