@@ -43,7 +43,7 @@ class OpBeforeConv(SkipFromInput):
 def _first(model: nn.Module, size: int = 16):
     spec = load(model)
     with frozen(spec.module) as module:
-        return linear_input_layer(spec, module, torch.zeros(1, 3, size, size, dtype=spec.dtype), key=model)
+        return linear_input_layer(module, torch.zeros(1, 3, size, size, dtype=spec.dtype), key=model)
 
 
 def test_the_first_convolution_is_found_only_where_it_alone_reads_the_input():

@@ -35,9 +35,8 @@ __all__ = ["SummedGradients", "linear_input_layer"]
 _INPUT_LAYERS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str | None]]" = weakref.WeakKeyDictionary()
 
 
-def linear_input_layer(spec: ModelSpec, module: nn.Module, x: torch.Tensor, key: nn.Module | None = None
-                       ) -> str | None:
-    """The path of the `nn.Conv2d` that alone reads the input of `module` (the frozen network of `spec`), or None.
+def linear_input_layer(module: nn.Module, x: torch.Tensor, key: nn.Module | None = None) -> str | None:
+    """The path of the `nn.Conv2d` that alone reads the input of `module` (a frozen network), or None.
 
     `x` (B, C, H, W) gives the input shape; `key` (default `module`) is the model the answer is remembered for.
     Checked once per model and input shape with a seeded probe (see the module docstring)."""

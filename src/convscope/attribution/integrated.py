@@ -121,7 +121,7 @@ def integrated_gradients(model: ModelSpec | nn.Module | str, inputs: torch.Tenso
     difference = x - base
     with frozen(spec) as work:
         scores, baseline_scores, classes, resolved = _endpoints(work, x, base, resolved)
-        summed = SummedGradients(work, x, resolved, linear_input_layer(work, work.module, x, key=spec.module))
+        summed = SummedGradients(work, x, resolved, linear_input_layer(work.module, x, key=spec.module))
         for start in range(0, total_count, chunk):
             flat = torch.arange(start, min(start + chunk, total_count), device=x.device)
             j, b = flat // batch, flat % batch  # step-major order

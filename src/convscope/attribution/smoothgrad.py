@@ -78,7 +78,7 @@ def smoothgrad(model: ModelSpec | nn.Module | str, inputs: torch.Tensor, target:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     with frozen(spec) as work:
         scores, classes, resolved = clean_pass(work, x, resolved)
-        summed = SummedGradients(work, x, resolved, linear_input_layer(work, work.module, x, key=spec.module))
+        summed = SummedGradients(work, x, resolved, linear_input_layer(work.module, x, key=spec.module))
         for start in range(0, total_count, step):
             flat = torch.arange(start, min(start + step, total_count), device=x.device)
             s, b = flat // batch, flat % batch  # sample-major order
