@@ -111,10 +111,10 @@ def unit_projections(spec: Any, inputs: torch.Tensor, layer: str, channel: int, 
         if method not in PROJECTIONS:
             raise TargetError(f"projection {method!r}: choose from {', '.join(PROJECTIONS)}")
     out = {}
+    target = _position_target(layer, channel, rows, cols)
     with frozen(spec.module) as net:
         work = dataclasses.replace(spec, module=net)
         for method in methods:
-            target = _position_target(layer, channel, rows, cols)
             try:
                 grads, _, _ = input_gradients(work, inputs, target, rule=method, method=method)
             except TargetError:  # no rectifier in front of the layer: the rule changes nothing to show
