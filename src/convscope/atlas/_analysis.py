@@ -59,10 +59,8 @@ def trust_ratio(render: float, best: float) -> tuple[float | None, str | None]:
 def picture_max(ctx: StageContext, keys: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
     """(layer, unit) -> the unit's spatial max on its stored feature-visualization picture (the PNG, read back as
     pixels in [0, 1], fitted to the model's input, one float32 forward per layer and batch of pictures)."""
-    import numpy as np
-    from PIL import Image
-
     from .. import hooks
+    from ..data import load_image
 
     spec = ctx.spec
     wanted: dict[str, list[tuple[int, str]]] = {}
@@ -76,10 +74,7 @@ def picture_max(ctx: StageContext, keys: list[tuple[str, int]]) -> dict[tuple[st
             part = items[first:first + 32]
             pixels = []
             for _, path in part:
-                with Image.open(ctx.atlas.folder / path) as image:
-                    array = np.asarray(image.convert("L" if spec.channels == 1 else "RGB"), dtype=np.float32) / 255
-                tensor = torch.from_numpy(array.copy())
-                tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+                tensor = load_image(ctx.atlas.folder / path, channels=spec.channels)
                 if tuple(tensor.shape[-2:]) != tuple(spec.input_size):
                     tensor = spec.fit(tensor[None])[0]
                 pixels.append(tensor)
