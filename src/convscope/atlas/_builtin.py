@@ -143,11 +143,12 @@ def render_precision(ctx: StageContext, layer: str, units: list[int]) -> str:
         ctx.spec, channel(layer, units), steps=1, seed=ctx.config.seed, precision="auto"))
 
 
-def render_chunk(spec, layer: str, units: list[int], steps: int, seed: int, precision: str):
+def render_chunk(spec, layer: str, units: list[int], steps: int, seed: int, precision: str,
+                 progress: Callable[[int, int], None] | None = None):
     """One chunk's render: the same inputs give the same `Visualization` in any process (a Ray task too)."""
     from ..featvis import channel, render
 
-    return render(spec, channel(layer, units), steps=steps, seed=seed, precision=precision)
+    return render(spec, channel(layer, units), steps=steps, seed=seed, precision=precision, progress=progress)
 
 
 @register_stage
@@ -189,11 +190,8 @@ class FeatureVisualization(Stage):
 
     @staticmethod
     def _local(ctx: StageContext, job: tuple, count: int):
-        from ..featvis import channel, render
-
-        layer, units, steps, seed, precision = job
-        return render(ctx.spec, channel(layer, units), steps=steps, seed=seed, precision=precision,
-                      progress=lambda d, t: ctx.partial(count * d / t))
+        """`render_chunk` in this process, with the chunk's steps on the progress bar."""
+        return render_chunk(ctx.spec, *job, progress=lambda d, t: ctx.partial(count * d / t))
 
 
 @register_stage

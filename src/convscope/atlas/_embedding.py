@@ -48,6 +48,7 @@ class Predictions(Stage):
         dataset = ctx.dataset
         wanted = [index for _, index in todo]
         recipe = Recipe("predict", ctx.spec.describe(), {"data": dataset.describe(), "top": TOP, "batch": BATCH})
+        base = recipe.to_dict()
         made: set[int] = set()
         for batch in batches(dataset, ctx.spec, BATCH, order=wanted):
             probs = logits(ctx.spec, batch.inputs).softmax(-1)
@@ -58,8 +59,7 @@ class Predictions(Stage):
                        for c, p in zip(classes[row].tolist(), values[row].tolist())]
                 payload = {"index": index, "label": label, "top": top}
                 made.add(index)
-                yield Output(self.kind, "", index, payload, {**recipe.to_dict(), "params": {
-                    **recipe.params, "index": index}})
+                yield Output(self.kind, "", index, payload, {**base, "params": {**base["params"], "index": index}})
         # an unreadable image has no prediction: its row says so, and a resume does not try it again
         for index in sorted(set(wanted) - made):
             yield Output(self.kind, "", index, {"index": index, "top": [], "error": "the image cannot be read"},
