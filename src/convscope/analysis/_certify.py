@@ -214,11 +214,16 @@ def _check(r: Rows, k: int, bound: torch.Tensor | None = None) -> tuple[torch.Te
     return certified, extra, threshold
 
 
+def _found_keys(r: Rows) -> torch.Tensor:
+    """(U, M) sort keys of the re-scored slots by their float32 score (`EMPTY_KEY` for the others)."""
+    scores = torch.where(r.found, r.s32, torch.zeros_like(r.s32))
+    return torch.where(r.found, sort_keys(scores, r.indices), torch.full_like(r.indices, EMPTY_KEY))
+
+
 def _exact_topk(r: Rows, k: int) -> dict[str, torch.Tensor]:
     """The top-k state (as `TopKCollector` keeps it) of the re-scored slots of one layer's rows."""
     indices = torch.where(r.found, r.indices, torch.full_like(r.indices, -1))
-    keys = torch.where(r.found, sort_keys(torch.where(r.found, r.s32, torch.zeros_like(r.s32)), indices),
-                       torch.full_like(indices, EMPTY_KEY))
+    keys = _found_keys(r)
     if keys.shape[1] < k:
         pad = k - keys.shape[1]
         keys = torch.cat([keys, torch.full((keys.shape[0], pad), EMPTY_KEY, dtype=torch.int64)], 1)
@@ -365,8 +370,7 @@ def _record(report: dict[str, Any], done: dict[str, Any]) -> None:
 
 def _topk_slots(r: Rows, k: int) -> torch.Tensor:
     """(U, M) mask of the slots of each unit's top-k among its re-scored inputs."""
-    keys = torch.where(r.found, sort_keys(torch.where(r.found, r.s32, torch.zeros_like(r.s32)), r.indices),
-                       torch.full_like(r.indices, EMPTY_KEY))
+    keys = _found_keys(r)
     top, where = keys.topk(min(k, keys.shape[1]), dim=1)
     mask = torch.zeros_like(r.found)
     mask.scatter_(1, where, top != EMPTY_KEY)

@@ -246,12 +246,12 @@ class Accumulator:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated or foreign file
             raise CheckpointError(f"checkpoint {str(self.path)!r} cannot be read ({type(error).__name__}); delete it "
-                                 "to start over") from None
+                                  "to start over") from None
         if not isinstance(saved, dict) or saved.get("format") != self.FORMAT:
             raise CheckpointError(f"checkpoint {str(self.path)!r} is not a convscope scan checkpoint")
         if saved["fingerprint"] != self.fingerprint:
             raise CheckpointError(f"checkpoint {str(self.path)!r} belongs to a different scan (model, data, layers "
-                                 "or options differ); delete it or choose another --checkpoint path")
+                                  "or options differ); delete it or choose another --checkpoint path")
         self.states, self.skipped, self.done = saved["states"], saved["skipped"], int(saved["done"])
 
     def add(self, shard: int, result: dict[str, Any]) -> None:

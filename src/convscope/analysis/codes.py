@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..accel import exact_pools
 from ..data import Dataset, batches, resolve
 from ..errors import DatasetError, LayerNotFoundError, OptionError
-from ..accel import exact_pools
 from ..hooks import INPUT_SUFFIX, capture, frozen, get_module, split_call
 from ..models import ModelSpec, load
 from ..results import Recipe, ResultMixin
