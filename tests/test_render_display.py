@@ -13,7 +13,7 @@ from PIL import Image, ImageFont
 from convscope import load
 from convscope.cli import main
 from convscope.featvis import class_model
-from convscope.render.core import _wrap, label, normalize, stretch_gain, to_pil
+from convscope.render.core import label, normalize, stretch_gain, to_pil, wrap_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +53,7 @@ def test_the_papers_class_model_is_shown_stretched_and_says_so(tmp_path, capsys)
 def test_long_captions_wrap_within_the_picture():
     font = ImageFont.load_default(size=10)
     text = "T-shirt/top 2.52, contrast x7.6 around the mean"
-    lines = _wrap(text, font, 90)
+    lines = wrap_text(text, 10, 90, break_words=False)
     assert len(lines) > 1 and " ".join(lines) == text
     from PIL import ImageDraw
 

@@ -1,4 +1,5 @@
-"""Text that fits: lines wrapped to a width in pixels, so a title is never cut off at a picture's edge."""
+"""Text that fits: lines wrapped to a width in pixels (`core.wrap_text`), so a title is never cut off at a
+picture's edge."""
 
 from __future__ import annotations
 
@@ -7,50 +8,14 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from .core import _font
+from .core import _font, text_width
+from .core import wrap_text as wrap
 
 __all__ = ["draw_lines", "line_height", "text_width", "titled", "wrap"]
 
 
-def text_width(text: str, size: int) -> float:
-    """Width in pixels of `text` in the default font at `size`."""
-    return _font(size).getlength(text)
-
-
 def line_height(size: int) -> int:
     return size + 4
-
-
-def _split_word(word: str, size: int, width: float) -> list[str]:
-    """A word longer than `width` broken into pieces that fit (at least one character each)."""
-    pieces, current = [], ""
-    for char in word:
-        if current and text_width(current + char, size) > width:
-            pieces.append(current)
-            current = char
-        else:
-            current += char
-    return pieces + [current]
-
-
-def wrap(text: str, size: int, width: float) -> list[str]:
-    """`text` as lines no wider than `width` pixels: explicit newlines kept, words moved to the next line, words
-    longer than a line broken where they must be."""
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        current = ""
-        for word in paragraph.split(" "):
-            candidate = f"{current} {word}" if current else word
-            if text_width(candidate, size) <= width:
-                current = candidate
-                continue
-            if current:
-                lines.append(current)
-            pieces = _split_word(word, size, width) if text_width(word, size) > width else [word]
-            lines.extend(pieces[:-1])
-            current = pieces[-1]
-        lines.append(current)
-    return lines
 
 
 def draw_lines(draw: ImageDraw.ImageDraw, xy: tuple[int, int], lines: Sequence[str], size: int,

@@ -115,20 +115,41 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _wrap(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
-    """Greedy word wrap of `text` into lines no wider than `width` pixels (a single long word stays whole)."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+def text_width(text: str, size: int) -> float:
+    """Width in pixels of `text` in the default font at `size`."""
+    return _font(size).getlength(text)
+
+
+def _split_word(word: str, size: int, width: float) -> list[str]:
+    """A word longer than `width` broken into pieces that fit (at least one character each)."""
+    pieces, current = [], ""
+    for char in word:
+        if current and text_width(current + char, size) > width:
+            pieces.append(current)
+            current = char
+        else:
+            current += char
+    return pieces + [current]
+
+
+def wrap_text(text: str, size: int, width: float, *, break_words: bool = True) -> list[str]:
+    """`text` as lines no wider than `width` pixels: explicit newlines kept, words moved to the next line, and words
+    longer than a line broken where they must be (`break_words`) or left whole on a line of their own."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
-        line = ""
+        current = ""
         for word in paragraph.split(" "):
-            trial = f"{line} {word}" if line else word
-            if line and draw.textlength(trial, font=font) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = trial
-        lines.append(line)
+            candidate = f"{current} {word}" if current else word
+            if text_width(candidate, size) <= width:
+                current = candidate
+                continue
+            if current:
+                lines.append(current)
+            too_long = break_words and text_width(word, size) > width
+            pieces = _split_word(word, size, width) if too_long else [word]
+            lines.extend(pieces[:-1])
+            current = pieces[-1]
+        lines.append(current)
     return lines
 
 
@@ -137,7 +158,7 @@ def label(image: Image.Image, text: str, *, size: int = 11, where: Literal["top"
     """Add text (colour `fill`) in a white band above or below the image; with `wrap`, text wider than the image
     goes onto more lines instead of being cut off."""
     font = _font(size)
-    lines = _wrap(text, font, image.width - 6) if wrap else [text]
+    lines = wrap_text(text, size, image.width - 6, break_words=False) if wrap else [text]
     step = size + 3
     band = size + 6 + step * (len(lines) - 1)
     out = Image.new("RGB", (image.width, image.height + band), "white")
