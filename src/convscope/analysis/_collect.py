@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LayerPlan", "Plan", "LayerBatch", "Collector", "sort_keys", "EMPTY_KEY"]
+__all__ = ["LayerPlan", "Plan", "LayerBatch", "Collector", "sort_keys", "EMPTY_KEY", "WORK", "Staged"]
 
 By = Literal["max", "mean"]
 State = dict[str, Any]
@@ -23,6 +23,8 @@ State = dict[str, Any]
 EMPTY_KEY = torch.iinfo(torch.int64).min
 CHUNK_BYTES = 4 << 20
 _LOW32 = 0xFFFFFFFF
+WORK = "_work"
+"""The key under which a collector that defers its updates (`Staged`) keeps its working state during a run."""
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,10 @@ class Collector:
     - `merge(a, b)`: the state of `a`'s items followed by `b`'s (exact; scans merge shard states in shard order);
     - `name`: the key of its state in checkpoints.
 
-    Optionally, `start_batch(state, inputs, indices, labels)` sees each batch before its forward pass, and a
-    collector that reads layers of its own (`layers`: capture names beyond the plan's, e.g. pooled codes of
-    `fc2:input`) gets their raw outputs through `capture(state, name, output)`.
+    Optionally, `start_batch(state, inputs, indices, labels)` sees each batch before its forward pass,
+    `end_batch(state)` after it (a collector may defer work from `update` to there, see `Staged`), `finish(state)`
+    returns the state a run hands out, and a collector that reads layers of its own (`layers`: capture names beyond
+    the plan's, e.g. pooled codes of `fc2:input`) gets their raw outputs through `capture(state, name, output)`.
     """
 
     name: str = "collector"
@@ -253,6 +256,12 @@ class Collector:
     def capture(self, state: State, name: str, output: torch.Tensor) -> None:
         return None
 
+    def end_batch(self, state: State) -> None:
+        return None
+
+    def finish(self, state: State) -> State:
+        return state
+
     def empty(self, plan: Plan) -> State:
         raise NotImplementedError
 
@@ -261,3 +270,67 @@ class Collector:
 
     def merge(self, a: State, b: State) -> State:
         raise NotImplementedError
+
+
+class Staged(Collector):
+    """A collector that folds a batch into the units of all layers at once, after the forward, instead of once per
+    layer: with many layers (MobileNetV2 has 53) a per-layer update's few dozen small tensor operations cost more
+    than the arithmetic they do.
+
+    During a run its state holds, under `WORK`, one working state over the units of every layer concatenated in
+    plan order (`flat`: tensors whose first axis is the unit, `span`: layer -> (start, stop) rows) and what
+    `update` staged for the current batch (`staged`: layer -> small per-input tensors, taken while the layer's
+    output is live). `end_batch` folds each run of consecutive staged layers (normally one run, all of them) with
+    `fold`; `finish` splits the working state back into the per-layer states that `empty` made and `merge` reads.
+    Subclasses implement `open(layers, device)` (the working state from the per-layer ones), `fold(work, names,
+    start, stop)` and `close(work, name, start, stop)` (one layer's state from the working one)."""
+
+    def work(self, state: State, device: torch.device) -> dict[str, Any]:
+        """The working state, made on first use from the per-layer states (on `device`)."""
+        work = state.get(WORK)
+        if work is None:
+            names = [name for name in state if name != WORK]
+            span, start = {}, 0
+            for name in names:
+                units = self.units(state[name])
+                span[name] = (start, start + units)
+                start += units
+            work = {"order": names, "span": span, "staged": {}, **self.open([state[n] for n in names], device)}
+            state[WORK] = work
+        return work
+
+    def units(self, layer: State) -> int:
+        raise NotImplementedError
+
+    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fold(self, work: dict[str, Any], names: list[str], start: int, stop: int) -> None:
+        raise NotImplementedError
+
+    def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
+        raise NotImplementedError
+
+    def end_batch(self, state: State) -> None:
+        work = state.get(WORK)
+        if work is None or not work["staged"]:
+            return
+        runs: list[list[str]] = []
+        previous = None
+        for name in work["order"]:  # maximal runs of consecutive layers that ran in this batch
+            if name in work["staged"]:
+                if previous is None or previous not in work["staged"]:
+                    runs.append([])
+                runs[-1].append(name)
+            previous = name
+        try:
+            for names in runs:
+                self.fold(work, names, work["span"][names[0]][0], work["span"][names[-1]][1])
+        finally:
+            work["staged"] = {}
+
+    def finish(self, state: State) -> State:
+        work = state.pop(WORK, None)
+        if work is None:
+            return state
+        return {name: self.close(work, name, *work["span"][name]) for name in work["order"]}

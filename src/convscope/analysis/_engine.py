@@ -212,6 +212,8 @@ class ShardRunner:
                 self.forward(batch.inputs)
             finally:
                 self._batch = None
+            for collector in self.collectors:
+                collector.end_batch(self._states[collector.name])
             end = position[int(batch.indices[-1])] + 1
             if on_batch is not None:
                 on_batch(end - covered)
@@ -219,7 +221,7 @@ class ShardRunner:
         if on_batch is not None and covered < len(order):
             on_batch(len(order) - covered)  # trailing unreadable items
         skipped = [[str(item), str(reason)] for item, reason in self.dataset.skipped[before:]]
-        states = {name: to_device(state, "cpu") for name, state in self._states.items()}
+        states = {c.name: to_device(c.finish(self._states[c.name]), "cpu") for c in self.collectors}
         self._states = {}
         return {"states": states, "skipped": skipped, "items": len(order)}
 

@@ -16,9 +16,11 @@ Definitions (per chosen unit, over the whole dataset):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ._collect import Collector, LayerBatch, Plan, State
+from ._collect import LayerBatch, Plan, Staged, State
 
 __all__ = ["StatsCollector", "HIST_EDGES", "hist_bins", "chan", "to_device"]
 
@@ -85,8 +87,10 @@ def _merge_layer(a: dict, b: dict) -> dict:
             "hist": a["hist"] + b["hist"]}
 
 
-class StatsCollector(Collector):
-    """Per-unit mean, std, max, active count and response histogram (see the module docstring)."""
+class StatsCollector(Staged):
+    """Per-unit mean, std, max, active count and response histogram (see the module docstring). Each layer's
+    per-input reductions are staged while its output is live and folded after the forward for the units of every
+    layer at once, with the same arithmetic as `chan` per layer."""
 
     name = "stats"
     needs = frozenset({"peak", "sums", "squares"})
@@ -94,20 +98,60 @@ class StatsCollector(Collector):
     def empty(self, plan: Plan) -> State:
         return {lp.name: _empty_layer(len(lp.channels)) for lp in plan.layers}
 
+    def units(self, layer: State) -> int:
+        return layer["mean"].shape[0]
+
+    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
+        flat = {key: torch.cat([layer[key] for layer in layers]).to(device)
+                for key in ("mean", "m2", "max", "active", "hist")}
+        layer_of = torch.cat([torch.full((self.units(layer),), i, dtype=torch.int64) for i, layer in enumerate(layers)])
+        return {"flat": flat, "layer_of": layer_of.to(device), "inputs": [layer["inputs"] for layer in layers],
+                "positions": [layer["positions"] for layer in layers]}
+
+    def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
+        i = work["order"].index(name)
+        return {"inputs": work["inputs"][i], "positions": work["positions"][i],
+                **{key: t[start:stop].clone() for key, t in work["flat"].items()}}
+
     def update(self, state: State, batch: LayerBatch) -> None:
-        name = batch.plan.name
-        peak, score = batch.peak, batch.score
-        inputs, positions = peak.shape[0], batch.positions_per_input
-        sums = batch.sums.sum(0, dtype=torch.float64)
-        squares = batch.squares.sum(0, dtype=torch.float64)
-        mean = sums / (inputs * positions)
-        m2 = (squares - sums * mean).clamp(min=0.0)
+        work = self.work(state, batch.score.device)
+        work["staged"][batch.plan.name] = (batch.peak, batch.score, batch.sums, batch.squares,
+                                           batch.positions_per_input)
+
+    def fold(self, work: dict[str, Any], names: list[str], start: int, stop: int) -> None:
+        staged = [work["staged"][name] for name in names]
+        peak, score, sums, squares = (torch.cat(parts, 1) if len(names) > 1 else parts[0]
+                                      for parts in list(zip(*staged))[:4])
+        inputs, device = peak.shape[0], peak.device
+        first = work["order"].index(names[0])
+        # Per layer, as `_merge_layer` combines a batch with the state: n_a, n_b counts of values, python floats.
+        own, weight_b, weight_ab = [], [], []
+        for i, (*_, positions) in enumerate(staged, first):
+            n_a, n_b = work["inputs"][i] * positions, inputs * positions
+            own.append(float(n_b))
+            weight_b.append(n_b / (n_a + n_b))
+            weight_ab.append(n_a * n_b / (n_a + n_b))
+            work["inputs"][i] += inputs
+            work["positions"][i] = work["positions"][i] or positions
+        layer_of = work["layer_of"][start:stop] - first
+        per_unit = torch.tensor([own, weight_b, weight_ab], dtype=torch.float64, device=device)[:, layer_of]
+        sums, squares = sums.sum(0, dtype=torch.float64), squares.sum(0, dtype=torch.float64)
+        mean_b = sums / per_unit[0]
+        m2_b = (squares - sums * mean_b).clamp(min=0.0)
         units, bins = peak.shape[1], len(HIST_EDGES) + 1
-        cells = hist_bins(score) + torch.arange(0, units * bins, bins, device=score.device)  # (B, U) -> unit's row
+        cells = hist_bins(score) + torch.arange(0, units * bins, bins, device=device)  # (B, U) -> unit's row
         hist = torch.bincount(cells.flatten(), minlength=units * bins).view(units, bins)
-        part = {"inputs": inputs, "positions": positions, "mean": mean, "m2": m2, "max": peak.amax(0),
-                "active": (peak > 0).sum(0), "hist": hist}
-        state[name] = _merge_layer(to_device(state[name], score.device), part)
+        flat = work["flat"]
+        mean_a, m2_a = flat["mean"][start:stop], flat["m2"][start:stop]
+        delta = mean_b - mean_a
+        out = {"mean": mean_a + delta * per_unit[1], "m2": m2_a + m2_b + delta * delta * per_unit[2],
+               "max": torch.maximum(flat["max"][start:stop], peak.amax(0)),
+               "active": flat["active"][start:stop] + (peak > 0).sum(0), "hist": flat["hist"][start:stop] + hist}
+        if start == 0 and stop == flat["mean"].shape[0]:
+            work["flat"] = out
+        else:
+            for key, t in out.items():
+                flat[key][start:stop] = t
 
     def merge(self, a: State, b: State) -> State:
         return {name: _merge_layer(a[name], b[name]) for name in a}

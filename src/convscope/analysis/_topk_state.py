@@ -1,4 +1,5 @@
-"""Running top-k per unit with batched tensor ops: one `torch.topk` over (kept + new) sort keys per layer and batch.
+"""Running top-k per unit with batched tensor ops: one `torch.topk` over (kept + new) sort keys per batch, for the units
+of every layer at once.
 
 The order is (value descending, dataset index ascending) through `sort_keys`, so the result is a function of the
 set of items seen, not of the order or grouping in which they arrive: a top-k of top-ks is the top-k. Empty slots
@@ -7,9 +8,11 @@ set of items seen, not of the order or grouping in which they arrive: a top-k of
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ._collect import EMPTY_KEY, Collector, LayerBatch, Plan, State, sort_keys
+from ._collect import EMPTY_KEY, LayerBatch, Plan, Staged, State, sort_keys
 
 __all__ = ["TopKCollector", "CandidateCollector", "FIELDS"]
 
@@ -48,10 +51,14 @@ def _merge_layer(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], k: int)
     return out
 
 
-class TopKCollector(Collector):
+class TopKCollector(Staged):
     """The k best inputs of every chosen unit: value, dataset index, (row, col) of the first spatial max, label
     and the size of the batch the input ran in. `floor` (U,) is the best value ever dropped where `track_floor` is
-    set (the bf16 candidates), else -inf."""
+    set (the bf16 candidates), else -inf.
+
+    Per layer, while its output is live (`update`): its scores, and the (row, col) of every input that can enter
+    a unit's top-k (its score reaches the unit's k-th kept value and the batch's own k-th). After the forward
+    (`end_batch`): one top-k over (kept + new) sort keys for the units of every layer at once."""
 
     name = "topk"
     needs = frozenset({"peak"})  # with by="mean" the score comes from the sums, which reduce() leaves alone
@@ -65,55 +72,120 @@ class TopKCollector(Collector):
     def empty(self, plan: Plan) -> State:
         return {lp.name: _empty_layer(len(lp.channels), self.k) for lp in plan.layers}
 
-    def update(self, state: State, batch: LayerBatch) -> None:
-        layer = state[batch.plan.name]
-        device = batch.output.device
-        if layer["keys"].device != device:
-            layer.update({name: t.to(device) for name, t in layer.items()})
-        scores = batch.score.T  # (U, B)
-        if bool(torch.isnan(scores).any()):
-            from ..errors import NonFiniteError
+    def units(self, layer: State) -> int:
+        return layer["keys"].shape[0]
 
-            unit, row = (int(i) for i in torch.nonzero(torch.isnan(scores))[0])
-            raise NonFiniteError(f"layer {batch.plan.name!r} gives NaN for unit {batch.plan.channels[unit]} on "
-                                 f"dataset item {int(batch.indices[row])}")
+    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
+        return {"flat": {key: torch.cat([layer[key] for layer in layers]).to(device) for key in layers[0]},
+                "channels": {}}
+
+    def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
+        return {key: t[start:stop].clone() for key, t in work["flat"].items()}
+
+    def update(self, state: State, batch: LayerBatch) -> None:
+        work = self.work(state, batch.output.device)
+        name = batch.plan.name
+        start, stop = work["span"][name]
+        scores = batch.score  # (B, U)
+        staged: dict[str, Any] = {"scores": scores}
+        if self.positions and batch.plan.spatial:
+            s, flat = scores.T, work["flat"]
+            # Beats the k-th kept input (on value, then index; any input while a slot is empty) and is among the
+            # batch's own k best values. Ties on value matter: a unit of MobileNetV2 whose maximum is always 0
+            # (on the zero padding) would otherwise send every input to the argmax.
+            kth, kth_index = flat["values"][start:stop, -1:], flat["indices"][start:stop, -1:]
+            can = (s > kth) | ((s == kth) & (batch.indices[None, :] < kth_index)) | (kth_index < 0)
+            if s.shape[1] > self.k and bool((kth_index < 0).any()):  # slots still empty: every input passes above
+                can &= s >= s.topk(self.k, dim=1).values[:, -1:]  # so keep the batch's own k best
+            units, rows = torch.nonzero(can, as_tuple=True)
+            if units.numel():
+                staged["pairs"] = (units + start, rows, *batch.positions(rows, units))
+        work["staged"][name] = staged
+        work["channels"][name] = batch.plan.channels
+        work["batch"] = (batch.indices, batch.labels, batch.batch_size)
+
+    def fold(self, work: dict[str, Any], names: list[str], start: int, stop: int) -> None:
+        staged = [work["staged"][name] for name in names]
+        scores = (torch.cat([s["scores"] for s in staged], 1) if len(staged) > 1 else staged[0]["scores"]).T
+        device = scores.device
+        indices, labels, batch_size = work["batch"]
+        indices, labels = indices.to(device), labels.to(device)
+        if bool(torch.isnan(scores).any()):
+            self._nan(work, names, start, scores, indices)
+        whole = start == 0 and stop == work["flat"]["keys"].shape[0]
+        block = work["flat"] if whole else {key: t[start:stop] for key, t in work["flat"].items()}
+        out = self._fold_block(block, scores, indices, labels, batch_size, start,
+                               [s["pairs"] for s in staged if "pairs" in s])
+        if whole:
+            work["flat"] = out
+        else:
+            for key, t in out.items():
+                work["flat"][key][start:stop] = t
+
+    def _nan(self, work: dict[str, Any], names: list[str], start: int, scores: torch.Tensor,
+             indices: torch.Tensor) -> None:
+        from ..errors import NonFiniteError
+
+        unit, row = (int(i) for i in torch.nonzero(torch.isnan(scores))[0])
+        for name in names:
+            first, last = work["span"][name]
+            if first <= unit + start < last:
+                channel = work["channels"][name][unit + start - first]
+                raise NonFiniteError(f"layer {name!r} gives NaN for unit {channel} on dataset item "
+                                     f"{int(indices[row])}")
+
+    def _fold_block(self, block: dict[str, torch.Tensor], scores: torch.Tensor, indices: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, start: int, pairs: list[tuple[torch.Tensor, ...]]
+                    ) -> dict[str, torch.Tensor]:
+        """The units' state `block` ((U, k) tensors) after one batch's `scores` (U, B); `pairs`: (unit + `start`,
+        batch row, row, col) of the inputs that could enter, per layer. Returns new tensors."""
+        out = dict(block)
         # Threshold test before any key is built: an input can enter a unit's top-k only if its value reaches the
         # k-th kept value (equal values may still win on their index). After the first batches almost none do.
-        enters = scores >= layer["values"][:, -1:]
+        enters = scores >= block["values"][:, -1:]
         columns = torch.nonzero(enters.any(0)).flatten()
         if self.track_floor:
             dropped = torch.where(enters, torch.full_like(scores, float("-inf")), scores).amax(1)
-            layer["floor"] = torch.maximum(layer["floor"], dropped)
+            out["floor"] = torch.maximum(block["floor"], dropped)
         if columns.numel() == 0:
-            return
+            return out
         if columns.numel() < scores.shape[1]:
             scores = scores.index_select(1, columns)
-        indices = batch.indices.to(device)[columns]
-        units, kept = layer["keys"].shape
-        keys, where, evicted = _select(torch.cat([layer["keys"], sort_keys(scores, indices)], 1), self.k)
-        count = scores.shape[1]
-        fresh = {
-            "values": scores,
-            "indices": indices.expand(units, count),
-            "labels": batch.labels.to(device)[columns].expand(units, count),
-            "batch_sizes": torch.full((units, count), batch.batch_size, dtype=torch.int64, device=device),
-            "rows": torch.full((units, count), -1, dtype=torch.int64, device=device),
-            "cols": torch.full((units, count), -1, dtype=torch.int64, device=device),
-        }
-        if self.positions:  # only for the inputs that enter the top-k: one argmax over their maps
-            unit_ix, slot_ix = torch.nonzero(where >= kept, as_tuple=True)
-            fresh_ix = where[unit_ix, slot_ix] - kept
-            rows, cols = batch.positions(columns[fresh_ix], unit_ix)
-            fresh["rows"][unit_ix, fresh_ix] = rows
-            fresh["cols"][unit_ix, fresh_ix] = cols
-        if self.track_floor:
-            values = torch.cat([layer["values"], scores], 1)
-            lost = torch.where(evicted >= 0, values.gather(1, evicted.clamp(min=0)[:, None])[:, 0],
-                               torch.full((units,), float("-inf"), device=device))
-            layer["floor"] = torch.maximum(layer["floor"], lost)
+        new_indices = indices[columns]
+        units, kept = block["keys"].shape
+        keys, where, evicted = _select(torch.cat([block["keys"], sort_keys(scores, new_indices)], 1), self.k)
+        new = where >= kept  # (U, k): the slots now holding an input of this batch
+        old_at, new_at = where.clamp(max=kept - 1), (where - kept).clamp(min=0)
+        fresh = {"values": scores.gather(1, new_at), "indices": new_indices[new_at],
+                 "labels": labels[columns][new_at], "batch_sizes": torch.full_like(where, batch_size)}
+        fresh["rows"], fresh["cols"] = self._places(new, columns[new_at], start, len(indices), pairs)
         for name in FIELDS:
-            layer[name] = torch.cat([layer[name], fresh[name]], 1).gather(1, where)
-        layer["keys"] = keys
+            out[name] = torch.where(new, fresh[name], block[name].gather(1, old_at))
+        out["keys"] = keys
+        if self.track_floor:
+            lost = torch.where(evicted >= kept, scores.gather(1, (evicted - kept).clamp(min=0)[:, None])[:, 0],
+                               block["values"].gather(1, evicted.clamp(0, kept - 1)[:, None])[:, 0])
+            out["floor"] = torch.maximum(out["floor"], torch.where(evicted >= 0, lost, torch.full_like(lost,
+                                                                                                     float("-inf"))))
+        return out
+
+    @staticmethod
+    def _places(new: torch.Tensor, rows_at: torch.Tensor, start: int, width: int,
+                pairs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, col) (U, k) of the new slots `new` (U, k) holding batch rows `rows_at` (U, k) of a batch of
+        `width` inputs, looked up in the staged `pairs` (-1 elsewhere, and for layers without spatial axes)."""
+        places = torch.full((2, *new.shape), -1, dtype=torch.int64, device=new.device)
+        if not pairs:
+            return places[0], places[1]
+        unit, row, r, c = (torch.cat(parts) for parts in zip(*pairs))
+        keys = (unit - start) * width + row  # ascending: pairs come from nonzero per layer, layers in order
+        slot_unit, slot = torch.nonzero(new, as_tuple=True)
+        wanted = slot_unit * width + rows_at[slot_unit, slot]
+        at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+        hit = keys[at] == wanted
+        places[0, slot_unit[hit], slot[hit]] = r[at[hit]]
+        places[1, slot_unit[hit], slot[hit]] = c[at[hit]]
+        return places[0], places[1]
 
     def merge(self, a: State, b: State) -> State:
         return {name: _merge_layer(a[name], b[name], self.k) for name in a}
