@@ -137,7 +137,8 @@ def _bf16_network(net: nn.Module, example: torch.Tensor, layers: Sequence[str]) 
 
 class ShardRunner:
     """Runs shards of a plan on one process: the frozen network (entered once), a capture that hands every chosen
-    layer's output to the collectors inside its hook, and the forward stopped after the deepest chosen layer."""
+    layer's output to the collectors inside its hook, the forward stopped after the deepest chosen layer, and each
+    collector's `end_batch` after it (where `Staged` collectors fold the batch into all layers' units at once)."""
 
     def __init__(self, spec: Any, dataset: Dataset, plan: Plan, collectors: Sequence[Collector]) -> None:
         self.spec, self.dataset, self.plan, self.collectors = spec, dataset, plan, list(collectors)
