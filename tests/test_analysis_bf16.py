@@ -14,6 +14,8 @@ from torch import nn
 from convscope import analysis, data, hooks
 from convscope.analysis import _certify, _scan
 from convscope.analysis._stats_state import HIST_EDGES, hist_bins
+from convscope.analysis._topk_state import CandidateCollector
+from convscope.errors import CheckpointError
 from convscope.models import load
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -50,7 +52,9 @@ def test_fashion_bf16_topk_equals_float32(fashion_pair):
     fast = analysis.scan(spec, fashion, layers, precision="bf16", **options)
     _same_topk(fast.topk, exact.topk)
     report = fast.bf16
-    assert report["band_passes"] >= 1 and report["band_units"]  # conv1's tight tops need a band pass
+    # conv1's tight tops need a band: the bf16 pass kept it, so no band pass runs.
+    assert report["band_units_in_pass"] and report["band_passes"] == 0
+    assert report["band_units"] == report["band_units_in_pass"]
     assert report["float32_layers"] == []  # bf16 is close enough here: no layer handed to float32
     # Exact in bf16: max (the exact top-1) and dead; the rest is approximate and says so.
     assert fast.stats.exact == ("max", "dead")
@@ -62,6 +66,15 @@ def test_fashion_bf16_topk_equals_float32(fashion_pair):
     # The bf16 pass ran on a private channels-last copy: the model is as it was.
     for name, p in spec.module.named_parameters():
         assert torch.equal(p, weights[name]) and p.is_contiguous(), name
+
+
+@needs_fashion
+def test_fashion_bf16_with_band_passes_instead_of_kept_bands_is_still_exact(fashion_pair, monkeypatch):
+    spec, fashion, options, layers, exact = fashion_pair
+    monkeypatch.setattr(CandidateCollector, "banding", property(lambda self: False))
+    fast = analysis.scan(spec, fashion, layers, precision="bf16", **options)
+    _same_topk(fast.topk, exact.topk)
+    assert fast.bf16["band_passes"] >= 1 and fast.bf16["band_units"] and not fast.bf16["band_units_in_pass"]
 
 
 @needs_fashion
@@ -167,3 +180,32 @@ def test_mobilenet_bf16_topk_equals_float32(monkeypatch):
     fast = analysis.scan(spec, crops, layers, units="0-23", precision="bf16", **options)
     _same_topk(fast.topk, exact.topk)
     assert "declined" not in fast.bf16
+
+
+@needs_fashion
+def test_bf16_scan_resumes_with_its_kept_bands(fashion_pair, tmp_path):
+    """A bf16 scan stopped after its first shard resumes from the checkpoint (candidates and kept bands) and ends
+    as the uninterrupted one: the same exact top-k and the same certificate. A checkpoint of another format is
+    refused by name."""
+    spec, fashion, options, layers, exact = fashion_pair
+    whole = analysis.scan(spec, fashion, layers, precision="bf16", **options)
+    path = tmp_path / "scan.ckpt"
+
+    def stop(done: int, total: int) -> None:
+        if done >= 150:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analysis.scan(spec, fashion, layers, precision="bf16", checkpoint=path, progress=stop, **options)
+    saved = torch.load(path, weights_only=True)
+    assert saved["done"] == 1 and saved["states"]["candidates"]["conv1"]["band_open"]
+    seen = []
+    resumed = analysis.scan(spec, fashion, layers, precision="bf16", checkpoint=path,
+                            progress=lambda done, total: seen.append(done), **options)
+    assert seen[0] == 128
+    _same_topk(resumed.topk, exact.topk)
+    assert resumed.bf16 == whole.bf16
+    saved["format"] = "convscope-scan/1"
+    torch.save(saved, path)
+    with pytest.raises(CheckpointError, match="another version"):
+        analysis.scan(spec, fashion, layers, precision="bf16", checkpoint=path, **options)

@@ -19,9 +19,12 @@ weights and the largest input; fashion-cnn's conv1: 0.014 |t| instead of 0.031 |
 such a layer uses it.
 
 The steps, cheapest first:
-1. Band pass: a unit whose band [t - d, inf) clearly holds more inputs than its candidates (many inputs within
-   bf16's resolution of its k-th value: early layers on images with saturated pixels, ReLU6's 6) gets a bf16 pass
-   up to its layer that collects every input within 2 RHO |t16| of its k-th value. A layer whose band holds more
+1. Bands: a unit whose band [t - d, inf) clearly holds more inputs than its candidates (many inputs within
+   bf16's resolution of its k-th value: early layers on images with saturated pixels, ReLU6's 6) gets every input
+   within 2 RHO |t16| of its k-th value (the proven margin's twice on a first layer, where that is wider). The bf16
+   pass itself keeps these bands (`CandidateCollector`: pairs above the threshold of the running k-th value,
+   pruned as it rises; a layer beyond its share of `BAND_LIMIT` pairs stops keeping one), so a band pass up to the
+   unit's layer runs only where the kept band does not reach down far enough. A layer whose band holds more
    than half the inputs, or the fullest units beyond `BAND_LIMIT` pairs, are given up (step 5).
 2. Round one: every candidate within RHO |t16| of the k-th bf16 value, and each unit's three best bf16 inputs (the
    probe). The probe measures how far bf16 is from float32 on each layer: a layer whose median unit has
@@ -48,6 +51,7 @@ import torch
 from ._bound import proven_margin
 from ._collect import EMPTY_KEY, Collector, LayerBatch, Plan, State, sort_keys
 from ._rescore import Columns, Rows, RunnerFactory, Sidecar, Table, rescore
+from ._topk_state import band_threshold
 
 __all__ = ["certify", "pilot", "RHO", "HOPELESS", "PILOT_LIMIT", "BAND_LIMIT"]
 
@@ -152,17 +156,25 @@ class _Band(Sidecar):
         else:
             u = index = label = size = torch.empty(0, dtype=torch.int64)
             score = torch.empty(0)
-        width = max(1, int(self.counts[name].max()) if self.counts[name].numel() else 1)
-        order = torch.argsort(u, stable=True)
-        u, index, score, label, size = u[order], index[order], score[order], label[order], size[order]
-        start = torch.cumsum(self.counts[name], 0) - self.counts[name]
-        slot = torch.arange(len(u)) - start[u]
-        shape = (units, width)
-        full = torch.full(shape, -1, dtype=torch.int64)
-        indices, labels, sizes = full.clone(), full.clone(), full.clone()
-        s16 = torch.full(shape, float("-inf"))
-        indices[u, slot], labels[u, slot], sizes[u, slot], s16[u, slot] = index, label, size, score
-        return Rows.make(indices, s16, sizes, labels, self.floor[name])
+        return _pairs_rows(u, index, score, label, size, units, self.floor[name])
+
+
+def _pairs_rows(u: torch.Tensor, index: torch.Tensor, score: torch.Tensor, label: torch.Tensor, size: torch.Tensor,
+                units: int, floor: torch.Tensor) -> Rows:
+    """(unit, index, score, label, batch size) pairs (N,) as `Rows` of `units` units, each unit's pairs in the
+    order given, and `floor` (U,)."""
+    counts = torch.bincount(u, minlength=units)
+    width = max(1, int(counts.max()) if counts.numel() else 1)
+    order = torch.argsort(u, stable=True)
+    u, index, score, label, size = u[order], index[order], score[order], label[order], size[order]
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(u)) - start[u]
+    shape = (units, width)
+    full = torch.full(shape, -1, dtype=torch.int64)
+    indices, labels, sizes = full.clone(), full.clone(), full.clone()
+    s16 = torch.full(shape, float("-inf"))
+    indices[u, slot], labels[u, slot], sizes[u, slot], s16[u, slot] = index, label, size, score
+    return Rows.make(indices, s16, sizes, labels, floor)
 
 
 class _Scores(Collector):
@@ -256,14 +268,15 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     names = [lp.name for lp in plan.layers]
     table = Table(plan.layers)
     report: dict[str, Any] = {"rescored_images": set(), "rescore_rounds": 0, "rescore_batches": 0, "rescore_padding": 0,
-                              "band_passes": 0, "band_units": {}, "band_pairs": 0, "error_ratio": {}}
+                              "band_passes": 0, "band_units": {}, "band_units_in_pass": {}, "band_pairs": 0,
+                              "error_ratio": {}}
     given_up = {name: torch.zeros(r.indices.shape[0], dtype=torch.bool) for name, r in rows.items()}
     # Probe: each unit's three best bf16 inputs in float32 measure how far bf16 is from float32 on each layer.
     # Where the median unit's error bound reaches 1/12 of its k-th value, its band would hold most of the dataset:
     # that layer and every layer before it are computed by one float32 pass instead (exact by construction).
     # The probe is re-scored with round one (which holds every unit's top-k anyway): one round less.
     bounds = bounds or {}
-    _first_round(runner_factory, bf16_pass, plan, rows, table, given_up, report, k, bounds)
+    _first_round(runner_factory, bf16_pass, plan, rows, table, given_up, report, k, bounds, candidates)
     depth = -1  # layers[:depth + 1] go to the float32 pass
     for i, (name, r) in enumerate(rows.items()):
         t16 = _kth(r.s16, r.valid, k).abs()
@@ -279,7 +292,8 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
     rest = {name: rows[name] for name in names[depth + 1:]}
     certified = {name: torch.ones(rows[name].indices.shape[0], dtype=torch.bool) for name in names[depth + 1:]}
     if rest:
-        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k, bounds)
+        certified = _certify_rows(runner_factory, bf16_pass, plan, rest, table, given_up, report, k, bounds,
+                                  candidates)
     # Positions (row, col) for the final top-k entries whose pair was never asked for.
     final = {name: _topk_slots(r, k) for name, r in rest.items()}
     _record(report, rescore(runner_factory, plan.layers, rest, table, final, positions=True))
@@ -303,7 +317,7 @@ def certify(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector]
 
 def _first_round(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
                  rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
-                 k: int, bounds: dict[str, torch.Tensor]) -> None:
+                 k: int, bounds: dict[str, torch.Tensor], kept: State) -> None:
     """Band passes for the units whose band clearly outgrew their candidates, then round one: every unit's bf16
     top-k and everything near its k-th value, and its `PROBE` best, re-scored in float32 (rows in place)."""
     wide = {}
@@ -314,7 +328,7 @@ def _first_round(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Colle
         # the proven margin.
         near = (r.floor > float("-inf")) & (t16 > float("-inf")) & (r.floor >= t16 - _margin(t16, FIRST_ROUND))
         wide[name] = torch.where(near, t16 - _margin(t16, BAND, bounds.get(name)), torch.full_like(t16, float("inf")))
-    _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
+    _bands(bf16_pass, plan, rows, table, wide, given_up, report, kept, k)
     requests = {}
     for name, r in rows.items():  # round one: the bf16 top-k and everything near its k-th value
         t16 = _kth(r.s16, r.valid, k)
@@ -334,7 +348,7 @@ def _best_slots(r: Rows, count: int) -> torch.Tensor:
 
 def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Collector], None], plan: Plan,
                   rows: dict[str, Rows], table: Table, given_up: dict[str, torch.Tensor], report: dict[str, Any],
-                  k: int, bounds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                  k: int, bounds: dict[str, torch.Tensor], kept: State) -> dict[str, torch.Tensor]:
     """Re-score rounds and band passes after round one until every unit of `rows` is certified or given up (in
     place); returns the certified units per layer."""
     requests: dict[str, torch.Tensor] = {}
@@ -353,7 +367,7 @@ def _certify_rows(runner_factory: RunnerFactory, bf16_pass: Callable[[Plan, Coll
                 wide[name] = torch.where(open_, t32 - BAND * (t32 - threshold), torch.full_like(t32, float("inf")))
         if not wide:
             break
-        _band_pass(bf16_pass, plan, rows, table, wide, given_up, report)
+        _bands(bf16_pass, plan, rows, table, wide, given_up, report, kept, k)
         for name in wide:
             r = rows[name]
             requests[name] = r.valid & ((r.s16 >= wide[name][:, None]) & (wide[name] < float("inf"))[:, None])
@@ -411,19 +425,65 @@ def _band_pass(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: d
     report["band_passes"] += 1
     for name, t in thresholds.items():
         take = t < float("inf")
-        band = collector.rows(name, take.numel())
-        old = rows[name]
-        table.fill(name, band)
-        width = max(old.indices.shape[1], band.indices.shape[1])
-        merged = {}
-        for field in ("indices", "s16", "sizes", "labels", "found", "s32", "rows", "cols", "placed"):
-            a, b = _widen(getattr(old, field), width), _widen(getattr(band, field), width)
-            merged[field] = torch.where(take[:, None], b, a)
-        merged["floor"] = torch.where(take, band.floor, old.floor)
-        rows[name] = Rows(**merged)
+        _replace_rows(rows, name, collector.rows(name, take.numel()), take, table)
         given_up[name] |= collector.overflow[name]
         report["band_units"][name] = report["band_units"].get(name, 0) + int(take.sum())
         report["band_pairs"] += int(collector.counts[name].sum())
+
+
+def _replace_rows(rows: dict[str, Rows], name: str, band: Rows, take: torch.Tensor, table: Table) -> None:
+    """Replace the rows of the units `take` (U,) of layer `name` by `band`'s, with what the table knows."""
+    old = rows[name]
+    table.fill(name, band)
+    width = max(old.indices.shape[1], band.indices.shape[1])
+    merged = {}
+    for field in ("indices", "s16", "sizes", "labels", "found", "s32", "rows", "cols", "placed"):
+        a, b = _widen(getattr(old, field), width), _widen(getattr(band, field), width)
+        merged[field] = torch.where(take[:, None], b, a)
+    merged["floor"] = torch.where(take, band.floor, old.floor)
+    rows[name] = Rows(**merged)
+
+
+def _bands(bf16_pass: Callable[[Plan, Collector], None], plan: Plan, rows: dict[str, Rows], table: Table,
+           thresholds: dict[str, torch.Tensor], given_up: dict[str, torch.Tensor], report: dict[str, Any],
+           kept: State, k: int) -> None:
+    """Bands for the units with a finite threshold: from the band the bf16 pass kept (`kept`, the candidate state,
+    see `CandidateCollector`) where it reaches down to the threshold, else from a band pass (`_band_pass`).
+
+    The kept band of a unit holds every input whose bf16 score reaches `band_threshold(t16, BAND RHO)` (t16 its
+    final k-th bf16 value). A threshold at or above that is served from it: the unit's row becomes its pairs at or
+    above the threshold, and its floor the best pair below it, or the kept band's own threshold (an upper bound of
+    every input it left out), whichever is higher. A layer whose band holds more than half the scanned inputs is
+    left to the band pass, which gives it up."""
+    rest = {}
+    for name, theta in thresholds.items():
+        state = kept.get(name, {})
+        wanted = theta < float("inf")
+        if not state.get("band_open") or not bool(wanted.any()):
+            rest[name] = theta
+            continue
+        pairs = state["band"]
+        covered = band_threshold(state["values"][:, k - 1], BAND * RHO)
+        served = wanted & (theta >= covered)
+        if 2 * int(torch.unique(pairs["index"][served[pairs["unit"]]]).numel()) > plan.items:
+            served = torch.zeros_like(served)
+        if bool(served.any()):
+            u, score = pairs["unit"], pairs["score"]
+            mine = served[u]
+            inside = mine & (score >= theta[u])
+            below = torch.full_like(covered, float("-inf")).scatter_reduce(
+                0, u[mine & ~inside], score[mine & ~inside], "amax")
+            floor = torch.where(served, torch.maximum(below, covered), torch.full_like(covered, float("-inf")))
+            band = _pairs_rows(*(pairs[key][inside] for key in ("unit", "index", "score", "label", "size")),
+                               len(theta), floor)
+            _replace_rows(rows, name, band, served, table)
+            report["band_units"][name] = report["band_units"].get(name, 0) + int(served.sum())
+            report["band_units_in_pass"][name] = report["band_units_in_pass"].get(name, 0) + int(served.sum())
+            report["band_pairs"] += int(inside.sum())
+        left = torch.where(served, torch.full_like(theta, float("inf")), theta)
+        if bool((left < float("inf")).any()):
+            rest[name] = left
+    _band_pass(bf16_pass, plan, rows, table, rest, given_up, report)
 
 
 def _widen(t: torch.Tensor, width: int) -> torch.Tensor:

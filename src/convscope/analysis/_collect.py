@@ -295,14 +295,14 @@ class Staged(Collector):
                 units = self.units(state[name])
                 span[name] = (start, start + units)
                 start += units
-            work = {"order": names, "span": span, "staged": {}, **self.open([state[n] for n in names], device)}
+            work = {"order": names, "span": span, "staged": {}, **self.open({n: state[n] for n in names}, device)}
             state[WORK] = work
         return work
 
     def units(self, layer: State) -> int:
         raise NotImplementedError
 
-    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
+    def open(self, layers: dict[str, State], device: torch.device) -> dict[str, Any]:
         raise NotImplementedError
 
     def fold(self, work: dict[str, Any], names: list[str], start: int, stop: int) -> None:

@@ -231,7 +231,7 @@ class Accumulator:
     """Merges shard results in shard order and checkpoints the running state after each (temp file + rename, so a
     crash leaves the previous checkpoint whole). `states`, `skipped`, `done` (shards merged)."""
 
-    FORMAT = "convscope-scan/1"
+    FORMAT = "convscope-scan/2"  # 2: bf16 candidate states keep each layer's band
 
     def __init__(self, plan: Plan, collectors: Sequence[Collector], fingerprint: str,
                  checkpoint: str | Path | None) -> None:
@@ -250,8 +250,11 @@ class Accumulator:
         except Exception as error:  # a truncated or foreign file
             raise CheckpointError(f"checkpoint {str(self.path)!r} cannot be read ({type(error).__name__}); delete it "
                                   "to start over") from None
-        if not isinstance(saved, dict) or saved.get("format") != self.FORMAT:
+        if not isinstance(saved, dict) or not str(saved.get("format", "")).startswith("convscope-scan/"):
             raise CheckpointError(f"checkpoint {str(self.path)!r} is not a convscope scan checkpoint")
+        if saved["format"] != self.FORMAT:
+            raise CheckpointError(f"checkpoint {str(self.path)!r} was written by another version of convscope "
+                                  f"({saved['format']}, this one reads {self.FORMAT}); delete it to start over")
         if saved["fingerprint"] != self.fingerprint:
             raise CheckpointError(f"checkpoint {str(self.path)!r} belongs to a different scan (model, data, layers "
                                   "or options differ); delete it or choose another --checkpoint path")

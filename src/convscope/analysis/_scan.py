@@ -176,7 +176,13 @@ def scan(model: ModelSpec | Any, data: Any, layers: str | Sequence[str], *, k: i
     recipe = Recipe(kind="scan", model=spec.describe(), params=params)
     collectors: list[Collector] = []
     if topk:
-        collectors.append(CandidateCollector(candidates) if candidates else TopKCollector(k))
+        if candidates:  # with each layer's band kept in the same pass (see `CandidateCollector`)
+            from ._certify import BAND, BAND_LIMIT, RHO
+
+            collectors.append(CandidateCollector(candidates, top=k, width=BAND * RHO,
+                                                 limit=max(1, BAND_LIMIT // len(plans))))
+        else:
+            collectors.append(TopKCollector(k))
     if candidates and by == "max":  # a first layer's proven bf16 error bound (`_bound`; a spatial max's, not a
         # mean's, whose bfloat16 sum is rounded once more) needs its input checked on every batch
         firsts = first_layers(spec.module, plans)

@@ -101,12 +101,13 @@ class StatsCollector(Staged):
     def units(self, layer: State) -> int:
         return layer["mean"].shape[0]
 
-    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
-        flat = {key: torch.cat([layer[key] for layer in layers]).to(device)
+    def open(self, layers: dict[str, State], device: torch.device) -> dict[str, Any]:
+        each = list(layers.values())
+        flat = {key: torch.cat([layer[key] for layer in each]).to(device)
                 for key in ("mean", "m2", "max", "active", "hist")}
-        layer_of = torch.cat([torch.full((self.units(layer),), i, dtype=torch.int64) for i, layer in enumerate(layers)])
-        return {"flat": flat, "layer_of": layer_of.to(device), "inputs": [layer["inputs"] for layer in layers],
-                "positions": [layer["positions"] for layer in layers]}
+        layer_of = torch.cat([torch.full((self.units(layer),), i, dtype=torch.int64) for i, layer in enumerate(each)])
+        return {"flat": flat, "layer_of": layer_of.to(device), "inputs": [layer["inputs"] for layer in each],
+                "positions": [layer["positions"] for layer in each]}
 
     def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
         i = work["order"].index(name)

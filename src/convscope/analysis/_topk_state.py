@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from ._collect import EMPTY_KEY, LayerBatch, Plan, Staged, State, sort_keys
+from ._collect import EMPTY_KEY, WORK, LayerBatch, Plan, Staged, State, sort_keys
 
-__all__ = ["TopKCollector", "CandidateCollector", "FIELDS"]
+__all__ = ["TopKCollector", "CandidateCollector", "FIELDS", "band_threshold"]
 
 # Per layer, per unit, per slot: what each kept example records.
 FIELDS = ("values", "indices", "rows", "cols", "labels", "batch_sizes")
+_KEPT = (*FIELDS, "keys", "floor")  # a layer's per-unit tensors
 
 
 def _empty_layer(units: int, k: int) -> dict[str, torch.Tensor]:
@@ -75,8 +76,8 @@ class TopKCollector(Staged):
     def units(self, layer: State) -> int:
         return layer["keys"].shape[0]
 
-    def open(self, layers: list[State], device: torch.device) -> dict[str, Any]:
-        return {"flat": {key: torch.cat([layer[key] for layer in layers]).to(device) for key in layers[0]},
+    def open(self, layers: dict[str, State], device: torch.device) -> dict[str, Any]:
+        return {"flat": {key: torch.cat([layer[key] for layer in layers.values()]).to(device) for key in _KEPT},
                 "channels": {}}
 
     def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
@@ -191,10 +192,106 @@ class TopKCollector(Staged):
         return {name: _merge_layer(a[name], b[name], self.k) for name in a}
 
 
+def band_threshold(t: torch.Tensor, width: float) -> torch.Tensor:
+    """t - width |t| (infinite t kept): increasing in t, so a threshold from a running k-th value never exceeds
+    the one from the final k-th."""
+    return t - width * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
+
+
+_PAIRS = ("unit", "index", "score", "label", "size")
+
+
+def _no_pairs(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {key: torch.empty(0, dtype=torch.float32 if key == "score" else torch.int64, device=device)
+            for key in _PAIRS}
+
+
 class CandidateCollector(TopKCollector):
     """bf16 pass: keep `candidates` (> k) inputs per unit by their bfloat16 score, to be re-scored in float32, and
-    the best score dropped (`floor`). No positions: the re-score computes them in float32."""
+    the best score dropped (`floor`). No positions: the re-score computes them in float32.
+
+    With `top` (the scan's k) and `width`, it also keeps each layer's band in the same pass: every (unit, input)
+    pair whose score reaches `band_threshold(t, width)`, t the unit's k-th value so far, pruned after each batch
+    as t rises. At the end the band holds every input at or above the threshold of the final k-th value, which the
+    certificate would otherwise collect with one more bf16 pass (`_certify`). Per layer: "band" (pairs: unit,
+    index, score, label, batch size) and "band_open"; a layer whose band outgrows `limit` pairs stops collecting
+    (its band is closed and the certificate runs the pass)."""
 
     name = "candidates"
     positions = False
     track_floor = True
+
+    def __init__(self, k: int, top: int | None = None, width: float = 0.0, limit: int = 0) -> None:
+        super().__init__(k)
+        self.top, self.width, self.limit = top, width, limit
+
+    @property
+    def banding(self) -> bool:
+        return self.top is not None and self.limit > 0
+
+    def empty(self, plan: Plan) -> State:
+        state = super().empty(plan)
+        for layer in state.values():
+            layer["band"], layer["band_open"] = _no_pairs(), self.banding
+        return state
+
+    def open(self, layers: dict[str, State], device: torch.device) -> dict[str, Any]:
+        work = super().open(layers, device)
+        work["band"] = {name: {"pairs": {key: t.to(device) for key, t in layer["band"].items()},
+                               "open": layer["band_open"]} for name, layer in layers.items()}
+        return work
+
+    def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
+        band = work["band"][name]
+        return {**super().close(work, name, start, stop), "band": band["pairs"], "band_open": band["open"]}
+
+    def _threshold(self, values: torch.Tensor) -> torch.Tensor:
+        assert self.top is not None
+        return band_threshold(values[:, self.top - 1], self.width)
+
+    def update(self, state: State, batch: LayerBatch) -> None:
+        super().update(state, batch)
+        work, name = state[WORK], batch.plan.name
+        if not work["band"][name]["open"]:
+            return
+        start, stop = work["span"][name]
+        scores = batch.score  # (B, U)
+        rows, units = torch.nonzero(scores >= self._threshold(work["flat"]["values"][start:stop]), as_tuple=True)
+        work["staged"][name]["band"] = (units, rows, scores[rows, units])
+
+    def fold(self, work: dict[str, Any], names: list[str], start: int, stop: int) -> None:
+        super().fold(work, names, start, stop)
+        indices, labels, batch_size = work["batch"]
+        for name in names:
+            band, new = work["band"][name], work["staged"][name].get("band")
+            if not band["open"]:
+                continue
+            pairs = band["pairs"]
+            if new is not None and new[0].numel():
+                units, rows, scores = new
+                device = units.device
+                fresh = {"unit": units, "index": indices.to(device)[rows], "score": scores,
+                         "label": labels.to(device)[rows], "size": torch.full_like(units, batch_size)}
+                pairs = {key: torch.cat([pairs[key], fresh[key]]) for key in _PAIRS}
+            first, last = work["span"][name]
+            band["pairs"] = self._prune(pairs, work["flat"]["values"][first:last])
+            if band["pairs"]["unit"].numel() > self.limit:
+                band["open"], band["pairs"] = False, _no_pairs(band["pairs"]["unit"].device)
+
+    def _prune(self, pairs: dict[str, torch.Tensor], values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pairs at or above their unit's threshold (from `values`, the units' kept values)."""
+        keep = pairs["score"] >= self._threshold(values)[pairs["unit"]]
+        return {key: t[keep] for key, t in pairs.items()}
+
+    def merge(self, a: State, b: State) -> State:
+        out = super().merge(a, b)
+        for name, layer in out.items():
+            if a[name]["band_open"] and b[name]["band_open"]:
+                both = {key: torch.cat([a[name]["band"][key], b[name]["band"][key]]) for key in _PAIRS}
+                layer["band"] = self._prune(both, layer["values"])
+                layer["band_open"] = layer["band"]["unit"].numel() <= self.limit
+            else:
+                layer["band_open"] = False
+            if not layer["band_open"]:
+                layer["band"] = _no_pairs()
+        return out
