@@ -112,3 +112,49 @@ def test_a_float32_scan_equals_one_of_the_model_as_written():
                                                                       for u in range(units)]
         assert torch.equal(fast.stats[layer].mean, plain.stats[layer].mean)
         assert torch.equal(fast.stats[layer].hist, plain.stats[layer].hist)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 3)])
+def test_strided_max_pool_equals_max_pool_in_value(dtype, kernel):
+    """`StridedMaxPool2d` gives F.max_pool2d's values (NaN where it has NaN, infinities, ties; odd sizes cut as floor
+    mode cuts them), on NCHW and channels-last maps, keeping the layout; only the sign of a zero may differ."""
+    pool = accel.StridedMaxPool2d(kernel)
+    for seed, shape in enumerate([(3, 5, 9, 11), (2, 4, 8, 6), (1, 2, 7, 7)]):
+        x = _awkward(shape, seed).to(dtype)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            given = x.contiguous(memory_format=layout)
+            want = torch.nn.functional.max_pool2d(given, kernel)
+            got = pool(given)
+            assert got.shape == want.shape and got.dtype == dtype
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(want, nan=7.0)), (seed, layout)
+            if layout is torch.channels_last:
+                assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_strided_pools_replace_only_non_overlapping_pools():
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.MaxPool2d(2), nn.MaxPool2d(3, 2), nn.MaxPool2d(2, ceil_mode=True),
+                        nn.MaxPool2d(2, padding=1), nn.MaxPool2d((2, 3)), nn.MaxPool2d(2, return_indices=True))
+    assert accel.strided_pools(net) == 2
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Conv2d", "StridedMaxPool2d", "MaxPool2d", "MaxPool2d", "MaxPool2d", "StridedMaxPool2d",
+                     "MaxPool2d"]
+    other = nn.Sequential(nn.MaxPool2d(2))
+    with accel.plain():
+        assert accel.strided_pools(other) == 0
+    assert type(other[0]) is nn.MaxPool2d
+
+
+def test_bf16_scan_copy_has_strided_pools_and_the_model_keeps_its_own():
+    from convscope.analysis._engine import _bf16_network
+    from convscope.models import load
+
+    spec = load("convscope:fashion-cnn")
+    copy = _bf16_network(spec.module, spec.example_input(), ["conv2"])
+    assert type(copy.pool1).__name__ == "StridedMaxPool2d"
+    assert type(spec.module.pool1) is nn.MaxPool2d
+    x = torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():  # channels-last convolutions round differently: the same function, not bits
+        assert torch.allclose(copy(x.contiguous(memory_format=torch.channels_last)), spec.module.eval()(x),
+                              rtol=1e-5, atol=1e-5)

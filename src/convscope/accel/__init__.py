@@ -9,7 +9,7 @@ visualization, attribution and dataset analysis. Everything here acts on the fro
 - `kernels`: the image-facing strided convolution's input gradient, phase by phase (renders only).
 - `probe`: the one probe pass all of them share; `accelerated(...)`: probe, fold and prune for a render.
 - `layout`: max-pool modules meet NCHW maps in channels-last (`exact_pools(net)`: the same bits, up to 10x faster
-  on the CPU).
+  on the CPU); non-overlapping max-pools of a private copy as maxima of strided views (`strided_pools(net)`).
 - `memory`: `keep_freed_memory()`, glibc's malloc told to keep freed memory (the `convscope` command calls it).
 - `plain()`: the switch; inside it models run as written (no folding, no pruning, float32 for "auto").
 """
@@ -17,7 +17,7 @@ visualization, attribution and dataset analysis. Everything here acts on the fro
 from .engine import Applied, accelerated
 from .fold import folded, fusions
 from .kernels import ImageConv, image_convs
-from .layout import exact_pools
+from .layout import StridedMaxPool2d, exact_pools, strided_pools
 from .memory import keep_freed_memory
 from .precision import (
     PRECISIONS,
@@ -36,5 +36,5 @@ from .switch import enabled, plain
 __all__ = ["PRECISIONS", "Precision", "Resolved", "bf16_speedup", "network_precision", "resolve_precision",
            "check_precision", "choose_precision",
            "folded", "fusions", "pruned", "Probe", "probe", "plain", "enabled", "Applied", "accelerated",
-           "ImageConv", "image_convs", "exact_pools",
+           "ImageConv", "image_convs", "exact_pools", "strided_pools", "StridedMaxPool2d",
            "keep_freed_memory"]

@@ -14,6 +14,13 @@ registered before any capture's, so a capture of the pool itself sees the NCHW o
 (`F.max_pool2d` in a `forward`) run as written. Nothing happens inside `accel.plain()`. The float32 dataset passes
 use it (`analysis.scan`, the exact re-scores of bf16 scans, and `analysis.codes`), whose results must equal the
 model's own bit for bit.
+
+`strided_pools(net)` is for private copies whose bits need not be the model's (the bf16 pass of a dataset scan): it
+replaces each non-overlapping `nn.MaxPool2d` (kernel = stride, no padding, dilation 1, floor mode) by
+`StridedMaxPool2d`, the elementwise maximum of the window's strided views. The values are the max-pool's, NaN
+propagated; only which of two equal zeros (+0, -0) comes out may differ. On one core (AMD EPYC, torch 2.14), a 2x2
+pool of a channels-last bfloat16 (256, 32, 26, 26) map takes 2.4 ms as a max-pool and 1.0 ms as maxima; float32
+3.0 and 1.7 ms.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import nn
 from .._working import copyable
 from .switch import enabled
 
-__all__ = ["exact_pools"]
+__all__ = ["exact_pools", "strided_pools", "StridedMaxPool2d"]
 
 
 def _nchw(x: Any) -> bool:
@@ -72,3 +79,48 @@ def exact_pools(net: nn.Module) -> Iterator[int]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
+class StridedMaxPool2d(nn.Module):
+    """A non-overlapping max-pool of (..., H, W) maps: the elementwise maximum of the kernel's kh x kw strided views,
+    rows first (see the module's text). `kernel` (kh, kw), not (1, 1)."""
+
+    def __init__(self, kernel: tuple[int, int]) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel
+        h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+        rows = x[..., 0:h:kh, :w]
+        for i in range(1, kh):
+            rows = torch.maximum(rows, x[..., i:h:kh, :w])
+        out = rows[..., 0::kw]
+        for j in range(1, kw):
+            out = torch.maximum(out, rows[..., j::kw])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+def strided_pools(net: nn.Module) -> int:
+    """Replace, in place, every non-overlapping `nn.MaxPool2d` of `net` (a private copy) by a `StridedMaxPool2d`;
+    returns how many. Not inside `accel.plain()`."""
+    if not enabled():
+        return 0
+    found = []
+    for path, module in net.named_modules():
+        if type(module) is not nn.MaxPool2d or module.return_indices or module.ceil_mode:
+            continue
+        kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
+        if kernel == stride and _pair(module.padding) == (0, 0) and _pair(module.dilation) == (1, 1) \
+                and kernel != (1, 1):
+            found.append((path, kernel))
+    for path, kernel in found:
+        net.set_submodule(path, StridedMaxPool2d(kernel))
+    return len(found)
