@@ -282,8 +282,9 @@ class Staged(Collector):
     `update` staged for the current batch (`staged`: layer -> small per-input tensors, taken while the layer's
     output is live). `end_batch` folds each run of consecutive staged layers (normally one run, all of them) with
     `fold`; `finish` splits the working state back into the per-layer states that `empty` made and `merge` reads.
-    Subclasses implement `open(layers, device)` (the working state from the per-layer ones), `fold(work, names,
-    start, stop)` and `close(work, name, start, stop)` (one layer's state from the working one)."""
+    Subclasses implement `units(layer)` (a layer state's unit count), `open(layers, device)` (the working state from
+    the per-layer ones), `fold(work, names, start, stop)` and `close(work, name, start, stop)` (one layer's state
+    from the working one)."""
 
     def work(self, state: State, device: torch.device) -> dict[str, Any]:
         """The working state, made on first use from the per-layer states (on `device`)."""

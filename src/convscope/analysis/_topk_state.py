@@ -58,8 +58,9 @@ class TopKCollector(Staged):
     set (the bf16 candidates), else -inf.
 
     Per layer, while its output is live (`update`): its scores, and the (row, col) of every input that can enter
-    a unit's top-k (its score reaches the unit's k-th kept value and the batch's own k-th). After the forward
-    (`end_batch`): one top-k over (kept + new) sort keys for the units of every layer at once."""
+    a unit's top-k (it beats the unit's k-th kept input, on value and then index; while slots are still empty,
+    it is among the batch's own k best). After the forward (`end_batch`): one top-k over (kept + new) sort keys
+    for the units of every layer at once."""
 
     name = "topk"
     needs = frozenset({"peak"})  # with by="mean" the score comes from the sums, which reduce() leaves alone
