@@ -31,7 +31,7 @@ from torch import nn
 from ..hooks import INPUT_SUFFIX
 from ._collect import Collector, LayerBatch, LayerPlan, Plan, State
 
-__all__ = ["InputRange", "first_layers", "input_bounds", "proven_margin", "UNIT_ROUNDOFF"]
+__all__ = ["InputRange", "first_layers", "input_bounds", "proven_margin", "UNIT_ROUNDOFF", "relative_margin"]
 
 UNIT_ROUNDOFF = 2.0 ** -8
 """bfloat16's unit roundoff (8 significant bits, round to nearest)."""
@@ -105,7 +105,12 @@ def input_bounds(module: nn.Module, layers: Sequence[LayerPlan], state: State, d
     return out
 
 
+def relative_margin(t: torch.Tensor, width: float) -> torch.Tensor:
+    """width |t| (0 where t is infinite): the margin every bf16 certificate threshold is built from."""
+    return width * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
+
+
 def proven_margin(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """d = u |t| + (1 + u) A: below t - d in bf16 means below t in float32 (A from `input_bounds`)."""
     u = UNIT_ROUNDOFF + 2.0 ** -20  # the slack covers the float32 roundings of t - d and b + d
-    return u * t.abs().nan_to_num(posinf=0.0, neginf=0.0) + (1 + u) * a
+    return relative_margin(t, u) + (1 + u) * a

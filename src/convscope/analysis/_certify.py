@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ._bound import proven_margin
+from ._bound import proven_margin, relative_margin
 from ._collect import EMPTY_KEY, Collector, LayerBatch, Plan, State, sort_keys
 from ._bands import collect_bands
 from ._rescore import Rows, RunnerFactory, Table, rescore
@@ -87,7 +87,7 @@ def _margin(t: torch.Tensor, scale: float, bound: torch.Tensor | None = None) ->
     reading the model input, see `_bound`) is known."""
     if bound is not None:
         return scale * proven_margin(t, bound)
-    return scale * RHO * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
+    return relative_margin(t, scale * RHO)
 
 
 class _Scores(Collector):

@@ -312,6 +312,24 @@ class Staged(Collector):
     def close(self, work: dict[str, Any], name: str, start: int, stop: int) -> State:
         raise NotImplementedError
 
+    @staticmethod
+    def rows(work: dict[str, Any], start: int, stop: int) -> dict[str, torch.Tensor]:
+        """The working tensors' unit rows [start, stop) (views; the tensors themselves when that is all of them)."""
+        flat = work["flat"]
+        if start == 0 and stop == next(iter(flat.values())).shape[0]:
+            return flat
+        return {key: t[start:stop] for key, t in flat.items()}
+
+    @staticmethod
+    def store(work: dict[str, Any], out: dict[str, torch.Tensor], start: int, stop: int) -> None:
+        """Make `out` (per key, the new values of unit rows [start, stop)) the working tensors' rows."""
+        flat = work["flat"]
+        if start == 0 and stop == next(iter(flat.values())).shape[0]:
+            work["flat"] = {**flat, **out}
+            return
+        for key, t in out.items():
+            flat[key][start:stop] = t
+
     def end_batch(self, state: State) -> None:
         work = state.get(WORK)
         if work is None or not work["staged"]:

@@ -59,11 +59,20 @@ def chan(n_a: int, mean_a: torch.Tensor, m2_a: torch.Tensor, n_b: int, mean_b: t
         return mean_b.clone(), m2_b.clone()
     if n_b == 0:
         return mean_a.clone(), m2_a.clone()
+    return _combine(mean_a, m2_a, mean_b, m2_b, *_weights(n_a, n_b))
+
+
+def _weights(n_a: int, n_b: int) -> tuple[float, float]:
+    """Chan's weights for groups of n_a and n_b values: (n_b / n, n_a n_b / n), n = n_a + n_b."""
     n = n_a + n_b
+    return n_b / n, n_a * n_b / n
+
+
+def _combine(mean_a: torch.Tensor, m2_a: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor,
+             weight_b: float | torch.Tensor, weight_ab: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chan's combination with its weights given (numbers, or per unit (U,) tensors): -> (mean, M2)."""
     delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / n)
-    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
-    return mean, m2
+    return mean_a + delta * weight_b, m2_a + m2_b + delta * delta * weight_ab
 
 
 def to_device(state: dict, device: torch.device | str) -> dict:
@@ -125,13 +134,14 @@ class StatsCollector(Staged):
                                       for parts in list(zip(*staged))[:4])
         inputs, device = peak.shape[0], peak.device
         first = work["order"].index(names[0])
-        # Per layer, as `_merge_layer` combines a batch with the state: n_a, n_b counts of values, python floats.
+        # Per layer, as `chan` combines a batch with the state (n_a, n_b: counts of values), then per unit.
         own, weight_b, weight_ab = [], [], []
         for i, (*_, positions) in enumerate(staged, first):
             n_a, n_b = work["inputs"][i] * positions, inputs * positions
             own.append(float(n_b))
-            weight_b.append(n_b / (n_a + n_b))
-            weight_ab.append(n_a * n_b / (n_a + n_b))
+            weights = _weights(n_a, n_b)
+            weight_b.append(weights[0])
+            weight_ab.append(weights[1])
             work["inputs"][i] += inputs
             work["positions"][i] = work["positions"][i] or positions
         layer_of = work["layer_of"][start:stop] - first
@@ -142,17 +152,10 @@ class StatsCollector(Staged):
         units, bins = peak.shape[1], len(HIST_EDGES) + 1
         cells = hist_bins(score) + torch.arange(0, units * bins, bins, device=device)  # (B, U) -> unit's row
         hist = torch.bincount(cells.flatten(), minlength=units * bins).view(units, bins)
-        flat = work["flat"]
-        mean_a, m2_a = flat["mean"][start:stop], flat["m2"][start:stop]
-        delta = mean_b - mean_a
-        out = {"mean": mean_a + delta * per_unit[1], "m2": m2_a + m2_b + delta * delta * per_unit[2],
-               "max": torch.maximum(flat["max"][start:stop], peak.amax(0)),
-               "active": flat["active"][start:stop] + (peak > 0).sum(0), "hist": flat["hist"][start:stop] + hist}
-        if start == 0 and stop == flat["mean"].shape[0]:
-            work["flat"] = out
-        else:
-            for key, t in out.items():
-                flat[key][start:stop] = t
+        old = self.rows(work, start, stop)
+        mean, m2 = _combine(old["mean"], old["m2"], mean_b, m2_b, per_unit[1], per_unit[2])
+        self.store(work, {"mean": mean, "m2": m2, "max": torch.maximum(old["max"], peak.amax(0)),
+                          "active": old["active"] + (peak > 0).sum(0), "hist": old["hist"] + hist}, start, stop)
 
     def merge(self, a: State, b: State) -> State:
         return {name: _merge_layer(a[name], b[name]) for name in a}

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ._bound import relative_margin
 from ._collect import EMPTY_KEY, WORK, LayerBatch, Plan, Staged, State, sort_keys
 
 __all__ = ["TopKCollector", "CandidateCollector", "FIELDS", "band_threshold"]
@@ -114,15 +115,9 @@ class TopKCollector(Staged):
         indices, labels = indices.to(device), labels.to(device)
         if bool(torch.isnan(scores).any()):
             self._nan(work, names, start, scores, indices)
-        whole = start == 0 and stop == work["flat"]["keys"].shape[0]
-        block = work["flat"] if whole else {key: t[start:stop] for key, t in work["flat"].items()}
-        out = self._fold_block(block, scores, indices, labels, batch_size, start,
+        out = self._fold_block(self.rows(work, start, stop), scores, indices, labels, batch_size, start,
                                [s["pairs"] for s in staged if "pairs" in s])
-        if whole:
-            work["flat"] = out
-        else:
-            for key, t in out.items():
-                work["flat"][key][start:stop] = t
+        self.store(work, out, start, stop)
 
     def _nan(self, work: dict[str, Any], names: list[str], start: int, scores: torch.Tensor,
              indices: torch.Tensor) -> None:
@@ -196,7 +191,7 @@ class TopKCollector(Staged):
 def band_threshold(t: torch.Tensor, width: float) -> torch.Tensor:
     """t - width |t| (infinite t kept): increasing in t, so a threshold from a running k-th value never exceeds
     the one from the final k-th."""
-    return t - width * t.abs().nan_to_num(posinf=0.0, neginf=0.0)
+    return t - relative_margin(t, width)
 
 
 _PAIRS = ("unit", "index", "score", "label", "size")
